@@ -1,0 +1,3 @@
+//! tickwheel: in-process scheduling for Rust services.
+
+mod wheel;
