@@ -1,3 +1,23 @@
 //! tickwheel: in-process scheduling for Rust services.
+//!
+//! A host embeds a scheduler, gives it a store and an executor, and every
+//! occurrence of every task starts once. This crate holds the pieces the
+//! rest is built from:
+//!
+//! - [`Schedule`] and [`Cron`]: the cron dialect, evaluated in an IANA time
+//!   zone with Vixie cron's daylight-saving rules, and one-time schedules
+//!   (see the [`schedule`] module for the dialect);
+//! - [`Clock`], with [`SystemClock`] and the [`ManualClock`] tests drive;
+//! - [`TimingWheel`]: the hierarchical timer wheel the engine keeps upcoming
+//!   occurrences on.
+//!
+//! The store contract, the in-memory store and the engine come next; they are
+//! not built yet.
 
+pub mod schedule;
+
+mod clock;
 mod wheel;
+
+pub use clock::{Clock, ManualClock, SleepFuture, SystemClock};
+pub use schedule::{Cron, Schedule, ScheduleError, Upcoming, parse_timezone};
