@@ -558,7 +558,11 @@ fn parse_item(item: &str, field: Field) -> Result<u64, ScheduleError> {
             return Err(invalid(field, range, Reason::NotANumber));
         }
         let lo = value(a, field)?;
-        let hi = value(b, field)?;
+        let mut hi = value(b, field)?;
+        if field == Field::DayOfWeek && hi == 0 && lo > 0 {
+            // `FRI-SUN`: a range may end on Sunday written as 0 or SUN.
+            hi = 7;
+        }
         if hi < lo {
             return Err(invalid(field, range, Reason::Reversed));
         }

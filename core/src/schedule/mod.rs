@@ -15,7 +15,7 @@
 //! | `*/15`, `10-50/5` | a step over the whole field or a range |
 //! | `10/5` | a step from a value to the field's end (`10-59/5`) |
 //! | `JAN`–`DEC`, `SUN`–`SAT` | month and day names, any case, also in ranges (`MON-FRI`) |
-//! | day of week `0`–`7` | `0` and `7` are both Sunday; `*/2` steps over `0-6` |
+//! | day of week `0`–`7` | `0` and `7` are both Sunday; `*/2` steps over `0-6`; a range may end on Sunday (`FRI-SUN`, `5-0`) |
 //! | `?` | same as `*`, in the two day fields only |
 //! | `L` (day of month) | the last day of the month |
 //! | `LW` (day of month) | the last weekday (Monday–Friday) of the month |
@@ -35,7 +35,7 @@
 //!
 //! **Rejected at parse time**, with an error naming the field and token:
 //! values out of range, unknown names, steps of 0, reversed ranges
-//! (`FRI-MON`: write `FRI-SAT,SUN`), empty list items, any field count but 5
+//! (`FRI-MON`: write `FRI-SUN,MON`), empty list items, any field count but 5
 //! or 6, and expressions that can never fire in any year (`0 0 30 2 *`).
 //!
 //! # Time zones and daylight saving
@@ -301,11 +301,13 @@ fn next_in_zone(cron: &Cron, table: &ZoneTable, t: i64) -> Option<i64> {
             // The wall time does not exist: it is in the gap of a forward jump.
             return Some(end);
         }
-        // No wall time between `after` and `wall` matches, so no span ending
-        // before `at - MAX_SHIFT` can hold a fire time (if it starts well
-        // after `t`, where a backward jump could revisit earlier wall times).
+        // No wall time between `after` and `wall` matches. A later span that
+        // starts more than MAX_SHIFT after `t` reads wall times above `after`
+        // (a backward jump right after `t` could revisit earlier ones), and
+        // one that ends before `at - MAX_SHIFT` reads wall times below
+        // `wall`: such spans hold no fire time and are skipped in one step.
         let skip_to = at - MAX_SHIFT;
-        i = if skip_to > end && skip_to > t.saturating_add(MAX_SHIFT) {
+        i = if skip_to > end && end > t.saturating_add(MAX_SHIFT) {
             table.span_of(skip_to)
         } else {
             i + 1
@@ -313,5 +315,7 @@ fn next_in_zone(cron: &Cron, table: &ZoneTable, t: i64) -> Option<i64> {
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;
