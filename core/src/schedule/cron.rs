@@ -120,6 +120,8 @@ const DOM_STAR: u8 = 1 << 2;
 const DOW_STAR: u8 = 1 << 3;
 const INTERVAL: u8 = 1 << 4;
 const SIX_FIELDS: u8 = 1 << 5;
+/// Every day of every month matches (no day-field work in the search).
+const ALL_DAYS: u8 = 1 << 6;
 
 const MONTH_NAMES: [&str; 12] = [
     "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
@@ -252,6 +254,14 @@ impl Cron {
         if count == 6 {
             cron.flags |= SIX_FIELDS;
         }
+        let (dom_all, dow_all) = (cron.days == 0xffff_fffe, cron.weekdays == 0x7f);
+        if cron.flags & (DOM_STAR | DOW_STAR) != 0 {
+            if dom_all && dow_all {
+                cron.flags |= ALL_DAYS;
+            }
+        } else if dom_all || dow_all {
+            cron.flags |= ALL_DAYS;
+        }
         if !cron.can_fire() {
             return Err(ScheduleError::NeverFires {
                 expr: text.to_owned(),
@@ -361,6 +371,9 @@ impl Cron {
     #[inline]
     fn day_mask(&self, year: i32, month: u32) -> u64 {
         let len = days_in_month(year, month);
+        if self.flags & ALL_DAYS != 0 {
+            return ((1u64 << (len + 1)) - 1) & !1;
+        }
         let wd1 = weekday(days_from_civil(year, month, 1));
         self.day_mask_for(len, wd1)
     }

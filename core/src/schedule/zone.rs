@@ -44,13 +44,29 @@ pub(crate) struct ZoneTable {
     at: Box<[i64]>,
     /// Offsets in seconds east of UTC; `offset[i]` applies before `at[i]`.
     offset: Box<[i32]>,
+    /// `bucket[b]` is the span index at `PROBE_FROM + b << BUCKET_SHIFT`:
+    /// a lookup starts there and steps over the few transitions (at most
+    /// eight, in practice one or two) inside the ~48-day bucket.
+    bucket: Box<[u16]>,
 }
+
+const BUCKET_SHIFT: u32 = 22;
 
 impl ZoneTable {
     /// Index of the span containing instant `t`.
     #[inline]
     pub(crate) fn span_of(&self, t: i64) -> usize {
-        self.at.partition_point(|&a| a <= t)
+        if t < PROBE_FROM {
+            return 0;
+        }
+        let Some(&first) = self.bucket.get(((t - PROBE_FROM) >> BUCKET_SHIFT) as usize) else {
+            return self.at.len();
+        };
+        let mut i = usize::from(first);
+        while self.at.get(i).is_some_and(|&a| a <= t) {
+            i += 1;
+        }
+        i
     }
 
     /// Number of spans (one more than the number of transitions).
@@ -89,7 +105,7 @@ impl ZoneTable {
         let mut lo = PROBE_FROM;
         while lo < PROBE_TO {
             let current = *offset.last().expect("offset is never empty");
-            let hi = lo + PROBE_STEP;
+            let hi = (lo + PROBE_STEP).min(PROBE_TO);
             let next = chrono_offset(tz, hi);
             if next == current {
                 lo = hi;
@@ -114,9 +130,22 @@ impl ZoneTable {
             at.windows(2).all(|w| w[0] < w[1]),
             "transitions out of order zone={tz}"
         );
+        let buckets = ((PROBE_TO - PROBE_FROM) >> BUCKET_SHIFT) as usize + 1;
+        let bucket = if at.is_empty() {
+            Box::default()
+        } else {
+            (0..buckets)
+                .map(|b| {
+                    let start = PROBE_FROM + ((b as i64) << BUCKET_SHIFT);
+                    let i = at.partition_point(|&a| a <= start);
+                    u16::try_from(i).expect("fewer than 65536 transitions in a zone")
+                })
+                .collect()
+        };
         Self {
             at: at.into_boxed_slice(),
             offset: offset.into_boxed_slice(),
+            bucket,
         }
     }
 }
@@ -193,6 +222,36 @@ mod tests {
                     "zone={tz} at={a}"
                 );
                 assert_ne!(t.offset(i), t.offset(i + 1), "zone={tz} at={a}");
+            }
+        }
+    }
+
+    #[test]
+    fn bucketed_lookup_equals_binary_search() {
+        for tz in [
+            Tz::America__New_York,
+            Tz::Australia__Lord_Howe,
+            Tz::Asia__Gaza,
+            Tz::UTC,
+        ] {
+            let t = table(tz);
+            let mut x = PROBE_FROM - 86_400;
+            while x < PROBE_TO + 86_400 {
+                assert_eq!(
+                    t.span_of(x),
+                    t.at.partition_point(|&a| a <= x),
+                    "zone={tz} t={x}"
+                );
+                x += 86_400 * 3 + 7_919;
+            }
+            for &a in t.at.iter() {
+                for x in [a - 1, a, a + 1] {
+                    assert_eq!(
+                        t.span_of(x),
+                        t.at.partition_point(|&a| a <= x),
+                        "zone={tz} t={x}"
+                    );
+                }
             }
         }
     }
