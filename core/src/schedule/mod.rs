@@ -149,7 +149,8 @@ pub fn parse_timezone(name: &str) -> Result<Tz, ScheduleError> {
 
 /// When a task fires: a cron expression in a time zone, or one instant.
 ///
-/// `Copy` and 56 bytes; evaluating it allocates nothing (the zone's
+/// `Copy` and 64 bytes (the compiled expression is 48 of them, the zone 2);
+/// evaluating it allocates nothing (the zone's
 /// transition table is built once per process on first use of the zone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Schedule {
