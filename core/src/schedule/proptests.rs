@@ -162,11 +162,14 @@ proptest! {
     }
 }
 
-/// All fire times in `(from, to]` by brute force over minutes, straight from
+/// All fire times in `(from, to]` by brute force over minutes (seconds for
+/// six-field expressions), straight from
 /// chrono-tz: interval expressions test every UTC minute's wall reading;
 /// fixed-time expressions resolve every matching wall minute (first instant
 /// of an ambiguous one, the first instant after the gap for a missing one).
 fn oracle(cron: &Cron, tz: Tz, from: i64, to: i64) -> Vec<i64> {
+    // Six-field expressions are searched second by second.
+    let step = if cron.has_seconds() { 1 } else { 60 };
     let wall_matches = |wall: NaiveDateTime| {
         let secs = wall.and_utc().timestamp();
         let (y, m, d) = civil_from_days(secs.div_euclid(SECS_PER_DAY));
@@ -175,13 +178,13 @@ fn oracle(cron: &Cron, tz: Tz, from: i64, to: i64) -> Vec<i64> {
     };
     let mut out = BTreeSet::new();
     if cron.is_interval() {
-        let mut x = from.div_euclid(60) * 60;
+        let mut x = from.div_euclid(step) * step;
         while x <= to {
             let wall = tz.from_utc_datetime(&ts(x).naive_utc()).naive_local();
             if x > from && wall_matches(wall) {
                 out.insert(x);
             }
-            x += 60;
+            x += step;
         }
     } else {
         let first = tz
@@ -194,7 +197,7 @@ fn oracle(cron: &Cron, tz: Tz, from: i64, to: i64) -> Vec<i64> {
             .naive_local()
             .and_utc()
             .timestamp();
-        let mut w = (first - SECS_PER_DAY).div_euclid(60) * 60;
+        let mut w = (first - SECS_PER_DAY).div_euclid(step) * step;
         while w <= last + SECS_PER_DAY {
             let wall = ts(w).naive_utc();
             if wall_matches(wall) {
@@ -210,7 +213,7 @@ fn oracle(cron: &Cron, tz: Tz, from: i64, to: i64) -> Vec<i64> {
                     out.insert(instant);
                 }
             }
-            w += 60;
+            w += step;
         }
     }
     out.into_iter().collect()
@@ -259,6 +262,39 @@ proptest! {
             .collect();
         prop_assert_eq!(got, want, "expr={:?} tz={} from={}", expr, tz, ts(from));
     }
+
+}
+
+proptest! {
+    #![proptest_config(config(40))]
+
+    /// Six-field expressions, second by second, in the hours around a transition.
+    #[test]
+    fn zoned_six_field_times_equal_brute_force_oracle(
+        expr in any_five_field(),
+        seconds in list(item(0, 59, &[], true), 1),
+        (tz, from) in zone_and_transition(),
+    ) {
+        let Ok(cron) = Cron::parse(&format!("{seconds} {expr}")) else { return Ok(()) };
+        prop_assume!(zone::table(tz).offset(zone::table(tz).span_of(from)) % 60 == 0);
+        // `from` is up to three days before a transition; look at the 3 hours
+        // before and after it.
+        let transition = zone::table(tz).end(zone::table(tz).span_of(from));
+        let from = if transition == i64::MAX { from } else { transition - 3 * 3600 };
+        let to = from + 6 * 3600;
+        let want = oracle(&cron, tz, from, to);
+        let got: Vec<i64> = Schedule::from_cron(cron, tz)
+            .upcoming(ts(from))
+            .map(|t| t.timestamp())
+            .take_while(|&t| t <= to)
+            .collect();
+        prop_assert_eq!(got, want, "expr={:?} tz={} from={}", format!("{seconds} {expr}"), tz, ts(from));
+    }
+
+}
+
+proptest! {
+    #![proptest_config(config(400))]
 
     /// The parser returns an error, never panics, on arbitrary text.
     #[test]
