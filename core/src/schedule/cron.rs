@@ -609,10 +609,8 @@ fn value(text: &str, field: Field) -> Result<u32, ScheduleError> {
         Field::DayOfWeek => &DAY_NAMES,
         _ => &[],
     };
-    if text.len() == 3 && text.bytes().all(|b| b.is_ascii_alphabetic()) {
-        if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(text)) {
-            return Ok(i as u32 + u32::from(field == Field::Month));
-        }
+    if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(text)) {
+        return Ok(i as u32 + u32::from(field == Field::Month));
     }
     let not_a = match field {
         Field::Month => Reason::NotAMonth,
