@@ -21,3 +21,4 @@ mod wheel;
 
 pub use clock::{Clock, ManualClock, SleepFuture, SystemClock};
 pub use schedule::{Cron, Schedule, ScheduleError, Upcoming, parse_timezone};
+pub use wheel::{TimerKey, TimingWheel};
