@@ -2,7 +2,8 @@
 //!
 //! [`TimingWheel`] is pure bookkeeping with no clock inside: the caller passes
 //! the current tick to [`TimingWheel::poll`] and gets back the timers that are
-//! due. The design follows tokio's `runtime/time/wheel`.
+//! due. The geometry follows tokio's `runtime/time/wheel`; the slots hold
+//! compact records rather than intrusive lists (see *Storage*).
 //!
 //! # Time
 //!
@@ -34,6 +35,9 @@
 //! level-0 slot holds timers of a single deadline. When `elapsed` reaches the
 //! start of an occupied slot at level `n >= 1`, that slot is *cascaded*: its
 //! timers move to lower levels. Each timer cascades at most five times.
+//! Where a timer is is therefore a function of its deadline and `elapsed`
+//! alone; that is how [`TimingWheel::cancel`] finds the slot of a timer that
+//! has cascaded since it was inserted.
 //!
 //! Two ordered side maps, keyed by `(deadline, sequence number)`, hold the
 //! timers the levels cannot place:
@@ -45,45 +49,92 @@
 //! - **past-due**: deadlines earlier than `elapsed`, i.e. inserted already
 //!   overdue. They are due at once and come out before anything in the levels.
 //!
+//! # Storage
+//!
+//! - **Slab.** A timer's value, deadline and unique sequence number (the
+//!   generation a [`TimerKey`] is checked against) live in a slab, a `Vec` of
+//!   `Option<Timer<T>>`: 24 bytes for `T = u64` on 64-bit targets. Up to 64
+//!   freed entries wait on a small stack and are reused first, while they
+//!   are likely still cached (a timer re-armed as it expires gets its old
+//!   entry back); entries freed while that stack is full are tracked by a
+//!   64-ary tree of bitmaps (about one bit per entry) that hands out the
+//!   lowest index first, so the inserts after a burst of expiries fill the
+//!   slab in address order instead of scattering writes over it. An entry
+//!   is written at insert and read at cancel or expiry; cascades above
+//!   level 1 do not touch it unless their slot holds tombstones.
+//! - **Records.** A slot of level 1 or above is a first-in first-out queue of
+//!   8-byte records, `(slab index, deadline offset within the slot)`, kept in
+//!   blocks of 64 records chained by index. The blocks come from one pool
+//!   shared by all slots and return to it as soon as a cascade has read them,
+//!   so the pool holds about `records / 64` blocks plus one partly used
+//!   block per occupied slot. A level-0 slot has a single deadline, so
+//!   its queue is a `VecDeque` of 4-byte slab indices; it keeps up to 1024
+//!   entries of capacity when it empties and frees anything larger.
+//! - **Cascades.** Cascading a slot streams its blocks and appends each
+//!   record to one of at most 64 lower slots. The cascade of a level-1 slot,
+//!   whose timers expire next, also reads their slab entries, a block at a
+//!   time in a tight loop: the cache misses that each expiry would otherwise
+//!   wait out one after another overlap there.
+//! - **Tombstones.** Cancelling a timer in the levels takes its value out of
+//!   the slab and leaves its record queued as a tombstone. The slab entry
+//!   stays vacant but reserved (not free) until the record is dropped, so a
+//!   record is live exactly when its slab entry is occupied and records need
+//!   no generation. Each slot counts its tombstones. Expiry and the cascade
+//!   of a level-1 slot drop the tombstones they meet; a higher cascade drops
+//!   them too if its slot has any (it then reads the slab for each record),
+//!   and otherwise does not look at the slab. When a slot's tombstones would
+//!   outnumber its live records it is compacted at once. So every occupied
+//!   slot holds a live timer, and there is at most one tombstone per live
+//!   timer in the levels.
+//!
+//! [`TimingWheel::ENTRY_BYTES`] is one slab entry plus one record: 32 bytes
+//! for `T = u64` on 64-bit targets. On top come about one bit of free-set
+//! bitmap per slab entry, the pool's partly used blocks and the level-0
+//! queues' spare capacity (bounded constants, under 0.5 MiB together), and,
+//! for a cancelled timer whose tombstone is still queued, its reserved slab
+//! entry and record. Timers in a side map cost a B-tree entry instead of a
+//! record. With the benchmark's one million random deadlines this comes to
+//! about 32.4 bytes per timer, by capacity. The slab, the free set and the
+//! block pool grow to their peak and are reused, never shrunk, so in steady
+//! state neither inserts nor polls allocate. At most `u32::MAX - 1` slab
+//! entries (pending timers plus tombstones) can exist at once.
+//!
 //! # Ordering
 //!
 //! Timers expire in ascending deadline order, ties broken by insertion order:
-//! exactly the order of a `BinaryHeap<Reverse<(deadline, seq)>>`. The O(1)
-//! slot lists keep this because, in every slot list, timers with equal
-//! deadlines appear in insertion order: an insert appends the newest timer,
-//! a cascade from level `n` happens only while all levels below `n` are empty
-//! and keeps the relative order of the list it moves, and overflow timers
-//! migrate into empty levels in `(deadline, seq)` order. A level-0 slot holds a
-//! single deadline, so its list is exactly the expiry order.
+//! exactly the order of a `BinaryHeap<Reverse<(deadline, seq)>>`. The slot
+//! queues keep this because, in every queue, timers with equal deadlines
+//! appear in insertion order: an insert appends the newest timer; a cascade
+//! from level `n` happens only while all levels below `n` are empty and
+//! appends the records of the queue it empties in queue order; a compaction
+//! keeps the order of the records it keeps; and overflow timers migrate into
+//! empty levels in `(deadline, seq)` order. A level-0 slot holds a single
+//! deadline, so its queue is exactly the expiry order. Tombstones take no
+//! part in the order: dropping one never moves a live record past another.
 //!
 //! # Complexity
 //!
-//! - `insert`: O(1); O(log m) when the timer goes to a side map (m = its size).
-//! - `cancel`: O(1); O(log m) for a timer in a side map.
-//! - `poll`: O(1) amortised per expired timer (finding the next occupied slot
-//!   is a `trailing_zeros` per level; each timer cascades at most five times).
+//! - `insert`: O(1) (the free set is at most six bitmap words deep); O(log m)
+//!   when the timer goes to a side map (m = its size).
+//! - `cancel`: O(1) amortised: a compaction costs O(slot length) and runs
+//!   only once at least half of the slot's records have died. O(log m) for a
+//!   timer in a side map.
+//! - `poll`: O(1) amortised per expired or cancelled timer (finding the next
+//!   occupied slot is a `trailing_zeros` per level; each record cascades at
+//!   most five times).
 //! - `next_deadline`: O(1) from a cached minimum; after the earliest timer is
 //!   cancelled or expired the cache is rebuilt from the occupancy bitmaps, and
-//!   if the earliest slot is above level 0, by one scan of that slot.
+//!   if the earliest slot is above level 0, by one scan of that slot's records
+//!   (reading the slab only if the slot holds tombstones).
 //!
-//! # Storage
-//!
-//! Timers live in a slab (a `Vec` of entries plus a stack of vacant indices)
-//! linked into per-slot intrusive doubly-linked lists by `u32` index, with one
-//! `u64` occupancy bitmap per level. An entry is
-//! [`TimingWheel::ENTRY_BYTES`] bytes (40 for `T = u64` on 64-bit targets),
-//! plus 4 bytes on the free stack while it is vacant. Inserting allocates only
-//! when the slab grows past its previous peak or a timer goes to a side map;
-//! the slab never shrinks. At most `u32::MAX - 1` timers can be pending at
-//! once.
-//!
-//! Walking a slot's list is a chain of dependent loads, so once the slab
-//! outgrows the CPU caches and list order no longer follows memory order
-//! (timers inserted in random deadline order into a reused slab), each
-//! cascade step costs about one cache miss per timer.
+//! With deadlines in random order and a slab larger than the CPU caches,
+//! the remaining cost per timer is mostly the slab write at insert and the
+//! batched slab read in the level-1 cascade; the block streams are
+//! sequential.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::num::NonZeroU64;
 use std::sync::OnceLock;
 
 /// Number of levels.
@@ -96,8 +147,14 @@ const SLOTS: usize = 1 << SLOT_BITS;
 const SLOT_MASK: u64 = SLOTS as u64 - 1;
 /// log2 of the ticks the levels span together (64^6 = 2^36).
 const EPOCH_BITS: u32 = SLOT_BITS * LEVELS as u32;
-/// The "no entry" link.
+/// The "no block" link.
 const NIL: u32 = u32::MAX;
+/// Records per block of the record pool.
+const BLOCK_LEN: usize = 64;
+/// Capacity a level-0 slot keeps when it empties (4 bytes each).
+const TICK_KEEP: usize = 1024;
+/// Recently freed slab indices reused first (see `FreeSet`).
+const RECENT: usize = 64;
 
 /// Handle to a timer in a [`TimingWheel`], returned by
 /// [`TimingWheel::insert`].
@@ -112,50 +169,270 @@ pub struct TimerKey {
     seq: u64,
 }
 
-/// Where a pending timer is stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Loc {
-    Wheel { level: u8, slot: u8 },
-    Past,
-    Overflow,
-}
-
-/// A pending timer.
+/// A pending timer's slab entry.
+///
+/// `repr(C)` puts `seq` first and `deadline` last, so reading both touches
+/// the first and the last cache line of an entry (see `count_live`).
 #[derive(Debug)]
+#[repr(C)]
 struct Timer<T> {
-    deadline: u64,
-    /// Insertion sequence number: tie-breaker for equal deadlines and the
-    /// generation checked by [`TimerKey`].
-    seq: u64,
-    prev: u32,
-    next: u32,
-    loc: Loc,
+    /// Insertion sequence number: the generation checked by [`TimerKey`] and
+    /// the tie-breaker in the side maps. Non-zero so that `Option<Timer<T>>`
+    /// costs no extra word.
+    seq: NonZeroU64,
     value: T,
+    deadline: u64,
 }
 
-/// One slab entry.
-#[derive(Debug)]
-enum Entry<T> {
-    Vacant,
-    Occupied(Timer<T>),
+/// A timer's place in the queue of a slot of level 1 or above.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Record {
+    /// Slab index. The record is a tombstone when that entry is vacant.
+    index: u32,
+    /// Deadline minus the start of the slot, `< 64^level`.
+    offset: u32,
 }
 
-/// Head and tail of one slot's list.
+/// A pool block: a run of records, cache-line aligned so a block spans
+/// exactly eight lines.
 #[derive(Clone, Copy, Debug)]
-struct List {
+#[repr(align(64))]
+struct Block([Record; BLOCK_LEN]);
+
+/// A slot's first-in first-out queue of records: a chain of pool blocks from
+/// `head` to `tail`. Queues are only ever read whole, by a cascade or a
+/// compaction, and only appended to, so every block but the tail is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Queue {
     head: u32,
     tail: u32,
+    /// Records queued, tombstones included.
+    len: u32,
+    /// Tombstones among them; `2 * dead <= len` between calls.
+    dead: u32,
 }
 
-impl List {
+impl Queue {
     const EMPTY: Self = Self {
         head: NIL,
         tail: NIL,
+        len: 0,
+        dead: 0,
     };
+
+    /// Records in `block`, one of this queue's blocks.
+    fn filled(&self, block: u32) -> usize {
+        if block == self.tail {
+            (self.len as usize - 1) % BLOCK_LEN + 1
+        } else {
+            BLOCK_LEN
+        }
+    }
+}
+
+/// A level-0 slot: the slab indices of its timers, which all share one
+/// deadline, in insertion order.
+#[derive(Debug, Default)]
+struct Tick {
+    indices: VecDeque<u32>,
+    /// Tombstones among `indices`; `2 * dead <= indices.len()` between calls.
+    dead: u32,
+}
+
+/// The blocks shared by all slot queues.
+///
+/// Free blocks are handed out like free slab entries (see [`FreeSet`]): a
+/// block a cascade has just read is reused at once while it is cached, and
+/// otherwise the lowest free block first. So the blocks of a long queue
+/// filled by inserts tend to follow each other in memory, in every cycle;
+/// a plain last-in first-out free list would reverse their order each time
+/// a queue is emptied and refilled.
+#[derive(Debug)]
+struct Pool {
+    blocks: Vec<Block>,
+    /// `next[b]`: the block after `b` in its queue, or `NIL` after the tail.
+    next: Vec<u32>,
+    free: FreeSet,
+}
+
+impl Pool {
+    const fn new() -> Self {
+        Self {
+            blocks: Vec::new(),
+            next: Vec::new(),
+            free: FreeSet::new(),
+        }
+    }
+
+    fn alloc(&mut self) -> u32 {
+        if let Some(block) = self.free.pop() {
+            self.next[block as usize] = NIL;
+            return block;
+        }
+        let block = u32::try_from(self.blocks.len())
+            .ok()
+            .filter(|&block| block != NIL)
+            .expect("TimingWheel record pool holds at most u32::MAX - 1 blocks");
+        self.blocks.push(Block([Record::default(); BLOCK_LEN]));
+        self.next.push(NIL);
+        block
+    }
+
+    fn release(&mut self, block: u32) {
+        self.free.push(block);
+    }
+
+    /// Makes room for `total` blocks, free or in use, without reallocating.
+    fn reserve_total(&mut self, total: usize) {
+        let more = total.saturating_sub(self.blocks.len());
+        self.blocks.reserve(more);
+        self.next.reserve(more);
+        self.free.cover(self.blocks.capacity());
+    }
+}
+
+/// The free slab indices.
+///
+/// Up to [`RECENT`] freed indices are kept on a small stack and reused first,
+/// last in first out, while their entries are likely still cached: that
+/// covers a scheduler re-arming each timer as it expires. Indices freed while
+/// the stack is full go into a 64-ary tree of bitmaps that hands out the
+/// lowest first, so that after a burst of expiries has freed entries all
+/// over the slab, the inserts that follow fill it in address order instead
+/// of scattering writes across it.
+///
+/// Bit `i` of `bits` is set when entry `i` is free. Above it, bit `j` of
+/// `summary[0]` is set when word `j` of `bits` is non-zero, and so on up to
+/// a last level of one word. Setting or clearing a bit touches one word per
+/// level at most, and usually only the word in `bits`: at most six for `u32`
+/// indices.
+#[derive(Debug)]
+struct FreeSet {
+    recent: [u32; RECENT],
+    recent_len: usize,
+    bits: Vec<u64>,
+    summary: Vec<Vec<u64>>,
+    /// Indices in the bitmaps.
+    len: usize,
+    /// Every word of `bits` before this one is zero, so while this word has
+    /// a bit set, `pop` needs no descent.
+    hint: usize,
+}
+
+impl FreeSet {
+    const fn new() -> Self {
+        Self {
+            recent: [0; RECENT],
+            recent_len: 0,
+            bits: Vec::new(),
+            summary: Vec::new(),
+            len: 0,
+            hint: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.recent_len + self.len
+    }
+
+    /// Makes room for indices below `n`.
+    fn cover(&mut self, n: usize) {
+        let mut words = n.div_ceil(64);
+        if self.bits.len() < words {
+            self.bits.resize(words, 0);
+        }
+        let mut level = 0;
+        while words > 1 {
+            words = words.div_ceil(64);
+            if level == self.summary.len() {
+                // A new top word, summarising the old top word.
+                let below = match level {
+                    0 => &self.bits,
+                    _ => &self.summary[level - 1],
+                };
+                let first = below.first().is_some_and(|&word| word != 0);
+                self.summary.push(vec![u64::from(first)]);
+            }
+            if self.summary[level].len() < words {
+                self.summary[level].resize(words, 0);
+            }
+            level += 1;
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, index: u32) {
+        if self.recent_len < RECENT {
+            self.recent[self.recent_len] = index;
+            self.recent_len += 1;
+            return;
+        }
+        let i = index as usize;
+        if i / 64 >= self.bits.len() {
+            self.cover(i + 1);
+        }
+        self.len += 1;
+        self.hint = self.hint.min(i / 64);
+        let word = &mut self.bits[i / 64];
+        debug_assert!(
+            *word & (1 << (i % 64)) == 0,
+            "index freed twice: index={index}"
+        );
+        let was_empty = *word == 0;
+        *word |= 1 << (i % 64);
+        if was_empty {
+            let mut i = i / 64;
+            for level in &mut self.summary {
+                let word = &mut level[i / 64];
+                let was_empty = *word == 0;
+                *word |= 1 << (i % 64);
+                if !was_empty {
+                    break;
+                }
+                i /= 64;
+            }
+        }
+    }
+
+    #[inline]
+    fn pop(&mut self) -> Option<u32> {
+        if self.recent_len > 0 {
+            self.recent_len -= 1;
+            return Some(self.recent[self.recent_len]);
+        }
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        let mut w = self.hint;
+        if self.bits[w] == 0 {
+            w = 0;
+            for level in self.summary.iter().rev() {
+                w = w * 64 + level[w].trailing_zeros() as usize;
+            }
+            self.hint = w;
+        }
+        let word = &mut self.bits[w];
+        let index = w * 64 + word.trailing_zeros() as usize;
+        *word &= *word - 1;
+        if *word == 0 {
+            let mut i = w;
+            for level in &mut self.summary {
+                let word = &mut level[i / 64];
+                *word &= !(1 << (i % 64));
+                if *word != 0 {
+                    break;
+                }
+                i /= 64;
+            }
+        }
+        Some(index as u32)
+    }
 }
 
 /// A hierarchical timing wheel: timers with `u64` tick deadlines, O(1)
-/// insert and cancel, expiring in `(deadline, insertion order)` order.
+/// insert and (amortised) cancel, expiring in `(deadline, insertion order)`
+/// order.
 ///
 /// The wheel has no clock: the caller passes the current tick (by convention
 /// a millisecond) to [`poll`](Self::poll), and time only moves forward.
@@ -166,11 +443,12 @@ impl List {
 ///   side maps with O(log m) insert and cancel.
 /// - **Ordering**: timers expire in ascending deadline order, ties in
 ///   insertion order, exactly like a `BinaryHeap<Reverse<(deadline, seq)>>`.
-/// - **Cost**: O(1) insert and cancel; O(1) amortised per expired timer (each
-///   timer moves down a level at most five times); [`next_deadline`] is exact
-///   and normally O(1).
-/// - **Memory**: [`ENTRY_BYTES`] per timer in a slab that is reused and never
-///   shrinks; steady-state inserts do not allocate.
+/// - **Cost**: O(1) insert, O(1) amortised cancel and expiry (each timer
+///   moves down a level at most five times, as an 8-byte record that is
+///   streamed, not chased); [`next_deadline`] is exact and normally O(1).
+/// - **Memory**: [`ENTRY_BYTES`] per timer in storage that is reused and
+///   never shrinks; steady-state inserts do not allocate. See the module
+///   documentation for what else counts.
 ///
 /// [`next_deadline`]: Self::next_deadline
 /// [`ENTRY_BYTES`]: Self::ENTRY_BYTES
@@ -199,22 +477,29 @@ impl List {
 /// assert!(wheel.is_empty());
 /// ```
 pub struct TimingWheel<T> {
-    entries: Vec<Entry<T>>,
-    /// Vacant slab indices, used last-in first-out. A stack rather than a
-    /// list threaded through the vacant entries, so taking an index does not
-    /// wait on a cache miss to find the next one.
-    free: Vec<u32>,
+    /// The slab. An entry is `None` when it is on `free` or reserved by a
+    /// tombstone.
+    entries: Vec<Option<Timer<T>>>,
+    /// Free slab indices, lowest first.
+    free: FreeSet,
     /// All pending timers.
     len: usize,
     /// Timers in the levels (not in `past` or `overflow`).
     wheel_len: usize,
-    next_seq: u64,
+    /// Tombstones in the levels: the sum of the queues' `dead`.
+    dead: usize,
+    next_seq: NonZeroU64,
     /// The latest tick passed to `poll` (or given at construction).
     now: u64,
     /// The tick the levels are positioned at; `elapsed <= now`.
     elapsed: u64,
+    /// Bit `s` of `occupied[l]`: slot `s` of level `l` has records.
     occupied: [u64; LEVELS],
-    slots: [[List; SLOTS]; LEVELS],
+    /// Level-0 slots.
+    ticks: [Tick; SLOTS],
+    /// Slots of levels 1 and up: `upper[level - 1][slot]`.
+    upper: [[Queue; SLOTS]; LEVELS - 1],
+    pool: Pool,
     past: BTreeMap<(u64, u64), u32>,
     overflow: BTreeMap<(u64, u64), u32>,
     /// Exact minimum deadline in the levels, when known. Meaningless while
@@ -229,6 +514,7 @@ impl<T> fmt::Debug for TimingWheel<T> {
             .field("elapsed", &self.elapsed)
             .field("len", &self.len)
             .field("wheel_len", &self.wheel_len)
+            .field("tombstones", &self.dead)
             .field("past_len", &self.past.len())
             .field("overflow_len", &self.overflow.len())
             .field("occupied", &self.occupied)
@@ -259,12 +545,31 @@ fn slot_for(deadline: u64, level: usize) -> usize {
     ((deadline >> (level as u32 * SLOT_BITS)) & SLOT_MASK) as usize
 }
 
+/// `deadline`'s offset from the start of its slot at `level`.
+fn offset_for(deadline: u64, level: usize) -> u32 {
+    // Below 64^5 = 2^30, so the cast is exact.
+    (deadline & ((1u64 << (level as u32 * SLOT_BITS)) - 1)) as u32
+}
+
+/// Start tick of `slot` at `level`, for a slot at or after `elapsed`.
+fn slot_start(elapsed: u64, level: usize, slot: usize) -> u64 {
+    let shift = level as u32 * SLOT_BITS;
+    let level_mask = (1u64 << (shift + SLOT_BITS)) - 1;
+    (elapsed & !level_mask) + ((slot as u64) << shift)
+}
+
 impl<T> TimingWheel<T> {
-    /// Bytes of slab storage per timer: `size_of` of one slab entry.
+    /// Bytes of storage per pending timer: `size_of` of one slab entry plus
+    /// one 8-byte slot record (32 for `T = u64` on 64-bit targets; a timer in
+    /// a level-0 slot takes a 4-byte record).
     ///
-    /// Timers in the overflow or past-due maps additionally cost a B-tree
-    /// entry (24 bytes plus node overhead).
-    pub const ENTRY_BYTES: usize = size_of::<Entry<T>>();
+    /// Not included: about one bit of free-set bitmap per slab entry, bounded
+    /// constants (the record pool's partly used blocks, spare capacity of the
+    /// level-0 queues), tombstones of cancelled timers not yet dropped (at
+    /// most one per pending timer, each holding a slab entry and a record),
+    /// and for timers in the overflow or past-due maps a B-tree entry (24
+    /// bytes plus node overhead) in place of the record.
+    pub const ENTRY_BYTES: usize = size_of::<Option<Timer<T>>>() + size_of::<Record>();
 
     /// Creates an empty wheel at tick 0.
     pub fn new() -> Self {
@@ -275,14 +580,17 @@ impl<T> TimingWheel<T> {
     pub fn with_now(now: u64) -> Self {
         Self {
             entries: Vec::new(),
-            free: Vec::new(),
+            free: FreeSet::new(),
             len: 0,
             wheel_len: 0,
-            next_seq: 0,
+            dead: 0,
+            next_seq: NonZeroU64::MIN,
             now,
             elapsed: now,
             occupied: [0; LEVELS],
-            slots: [[List::EMPTY; SLOTS]; LEVELS],
+            ticks: std::array::from_fn(|_| Tick::default()),
+            upper: [[Queue::EMPTY; SLOTS]; LEVELS - 1],
+            pool: Pool::new(),
             past: BTreeMap::new(),
             overflow: BTreeMap::new(),
             wheel_min: OnceLock::new(),
@@ -305,13 +613,20 @@ impl<T> TimingWheel<T> {
         self.len == 0
     }
 
-    /// Reserves slab room for at least `additional` more timers than are
-    /// pending now, so inserts up to that many do not allocate.
+    /// Reserves room for at least `additional` more timers than are pending
+    /// now, so inserts up to that many do not allocate (apart from a level-0
+    /// slot's queue growing past its previous size).
     pub fn reserve(&mut self, additional: usize) {
         self.entries
             .reserve(additional.saturating_sub(self.free.len()));
-        // Room to free every entry without growing the free stack.
-        self.free.reserve(self.entries.capacity() - self.free.len());
+        // Room to free every entry without growing the free set.
+        self.free.cover(self.entries.capacity());
+        // Full blocks for the new records, plus a partly used block for each
+        // slot they may open.
+        let in_use = self.pool.blocks.len() - self.pool.free.len();
+        self.pool.reserve_total(
+            in_use + additional.div_ceil(BLOCK_LEN) + additional.min(LEVELS * SLOTS),
+        );
     }
 
     /// Schedules `value` to expire at tick `deadline` and returns its key.
@@ -322,23 +637,21 @@ impl<T> TimingWheel<T> {
     ///
     /// # Panics
     ///
-    /// If `u32::MAX - 1` timers are already pending.
+    /// If `u32::MAX - 1` slab entries (pending timers plus tombstones of
+    /// cancelled ones) are already in use.
     pub fn insert(&mut self, deadline: u64, value: T) -> TimerKey {
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq = seq.saturating_add(1);
         let index = self.alloc(Timer {
-            deadline,
             seq,
-            prev: NIL,
-            next: NIL,
-            loc: Loc::Past,
+            deadline,
             value,
         });
         self.len += 1;
+        let seq = seq.get();
         if deadline < self.elapsed {
             self.past.insert((deadline, seq), index);
         } else if (deadline ^ self.elapsed) >> EPOCH_BITS != 0 {
-            self.timer_mut(index).loc = Loc::Overflow;
             self.overflow.insert((deadline, seq), index);
         } else {
             self.wheel_add(index, deadline);
@@ -349,37 +662,48 @@ impl<T> TimingWheel<T> {
     /// Cancels the timer for `key` and returns its value, or `None` if it
     /// already expired, was cancelled, or `key` is stale.
     ///
-    /// O(1) (O(log m) for a timer in the overflow or past-due map).
+    /// O(1) amortised (O(log m) for a timer in the overflow or past-due map).
+    /// A timer in the levels leaves a tombstone record in its slot, see the
+    /// module documentation.
     pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
-        let timer = self.lookup(key)?;
-        let (deadline, seq, loc) = (timer.deadline, timer.seq, timer.loc);
-        match loc {
-            Loc::Wheel { level, slot } => {
-                self.unlink(key.index, usize::from(level), usize::from(slot));
-                self.wheel_len -= 1;
-                if self.wheel_len == 0 || self.wheel_min.get() == Some(&deadline) {
-                    self.wheel_min.take();
-                }
-            }
-            Loc::Past => {
-                let removed = self.past.remove(&(deadline, seq));
-                debug_assert_eq!(
-                    removed,
-                    Some(key.index),
-                    "past map out of sync: key={key:?}"
-                );
-            }
-            Loc::Overflow => {
-                let removed = self.overflow.remove(&(deadline, seq));
-                debug_assert_eq!(
-                    removed,
-                    Some(key.index),
-                    "overflow map out of sync: key={key:?}"
-                );
-            }
-        }
+        let deadline = self.lookup(key)?.deadline;
         self.len -= 1;
-        Some(self.release(key.index).value)
+        if deadline < self.elapsed {
+            let removed = self.past.remove(&(deadline, key.seq));
+            debug_assert_eq!(
+                removed,
+                Some(key.index),
+                "past map out of sync: key={key:?}"
+            );
+            return Some(self.release(key.index).value);
+        }
+        if (deadline ^ self.elapsed) >> EPOCH_BITS != 0 {
+            let removed = self.overflow.remove(&(deadline, key.seq));
+            debug_assert_eq!(
+                removed,
+                Some(key.index),
+                "overflow map out of sync: key={key:?}"
+            );
+            return Some(self.release(key.index).value);
+        }
+        // The entry stays reserved until its record is dropped.
+        let timer = self.entries[key.index as usize]
+            .take()
+            .expect("looked-up entry is occupied");
+        let level = level_for(self.elapsed, deadline);
+        let slot = slot_for(deadline, level);
+        if level == 0 {
+            self.ticks[slot].dead += 1;
+        } else {
+            self.upper[level - 1][slot].dead += 1;
+        }
+        self.dead += 1;
+        self.wheel_len -= 1;
+        if self.wheel_len == 0 || self.wheel_min.get() == Some(&deadline) {
+            self.wheel_min.take();
+        }
+        self.compact_if_sparse(level, slot);
+        Some(timer.value)
     }
 
     /// The deadline of the pending timer for `key`, or `None` if it expired,
@@ -392,8 +716,8 @@ impl<T> TimingWheel<T> {
     ///
     /// A caller may sleep until this tick. O(1) from a cached minimum; the
     /// first call after the earliest timer is cancelled or expired rebuilds
-    /// the cache (occupancy bitmaps, plus one scan of the earliest slot if it
-    /// is above level 0).
+    /// the cache (occupancy bitmaps, plus one scan of the earliest slot's
+    /// records if it is above level 0).
     pub fn next_deadline(&self) -> Option<u64> {
         if let Some((&(deadline, _), _)) = self.past.first_key_value() {
             return Some(deadline);
@@ -420,8 +744,8 @@ impl<T> TimingWheel<T> {
         loop {
             // Past-due timers precede everything in the levels.
             if let Some(entry) = self.past.first_entry() {
-                let ((deadline, seq), index) = entry.remove_entry();
-                return Some(self.expire(index, deadline, seq));
+                let ((deadline, _), index) = entry.remove_entry();
+                return Some(self.expire(index, deadline));
             }
             if self.wheel_len > 0 {
                 let (level, slot, start) = self.next_expiration();
@@ -433,28 +757,7 @@ impl<T> TimingWheel<T> {
                     continue;
                 }
                 self.elapsed = start;
-                let index = self.slots[0][slot].head;
-                let (deadline, seq) = {
-                    let timer = self.timer(index);
-                    (timer.deadline, timer.seq)
-                };
-                debug_assert_eq!(
-                    deadline, start,
-                    "level-0 slot holds another deadline: slot={slot}"
-                );
-                self.unlink(index, 0, slot);
-                self.wheel_len -= 1;
-                let head = self.slots[0][slot].head;
-                if head == NIL {
-                    self.wheel_min.take();
-                } else {
-                    debug_assert!(
-                        self.timer(head).seq > seq,
-                        "slot out of insertion order: slot={slot} seq={seq} next_seq={}",
-                        self.timer(head).seq
-                    );
-                }
-                return Some(self.expire(index, deadline, seq));
+                return Some(self.expire_level0(slot, start));
             }
             // The levels are empty: jump to the overflow's earliest timer.
             match self.overflow.first_key_value() {
@@ -486,8 +789,41 @@ impl<T> TimingWheel<T> {
         out.len() - before
     }
 
-    /// Finishes expiring the timer at `index`, which is already unlinked.
-    fn expire(&mut self, index: u32, deadline: u64, seq: u64) -> (TimerKey, u64, T) {
+    /// Expires the first live timer of level-0 `slot`, whose deadline is
+    /// `start`, dropping the tombstones before it.
+    fn expire_level0(&mut self, slot: usize, start: u64) -> (TimerKey, u64, T) {
+        let tick = &mut self.ticks[slot];
+        let index = loop {
+            // `2 * dead <= len` and the slot is occupied, so a live record
+            // comes before the queue runs out.
+            let index = tick.indices.pop_front().expect("occupied level-0 slot");
+            if self.entries[index as usize].is_some() {
+                break index;
+            }
+            tick.dead -= 1;
+            self.dead -= 1;
+            self.free.push(index);
+        };
+        self.wheel_len -= 1;
+        self.compact_if_sparse(0, slot);
+        self.tick_emptied(slot);
+        if self.ticks[slot].indices.is_empty() {
+            self.wheel_min.take();
+        }
+        let (key, deadline, value) = self.expire(index, start);
+        debug_assert!(
+            self.ticks[slot].indices.front().is_none_or(|&next| {
+                self.entries[next as usize]
+                    .as_ref()
+                    .is_none_or(|timer| timer.seq.get() > key.seq)
+            }),
+            "slot out of insertion order: slot={slot} key={key:?}"
+        );
+        (key, deadline, value)
+    }
+
+    /// Finishes expiring the timer at `index`, which is no longer queued.
+    fn expire(&mut self, index: u32, deadline: u64) -> (TimerKey, u64, T) {
         debug_assert!(
             deadline <= self.now,
             "expiring a timer before its deadline: deadline={deadline} now={}",
@@ -495,7 +831,15 @@ impl<T> TimingWheel<T> {
         );
         self.len -= 1;
         let timer = self.release(index);
-        (TimerKey { index, seq }, deadline, timer.value)
+        debug_assert_eq!(
+            timer.deadline, deadline,
+            "slot record out of sync with the slab: index={index}"
+        );
+        let key = TimerKey {
+            index,
+            seq: timer.seq.get(),
+        };
+        (key, deadline, timer.value)
     }
 
     /// The first occupied slot, as `(level, slot, slot start tick)`. Lower
@@ -515,9 +859,8 @@ impl<T> TimingWheel<T> {
                 slot > current || (level == 0 && slot == current),
                 "occupied slot behind the wheel: level={level} slot={slot} current={current}"
             );
-            let level_mask = (1u64 << (shift + SLOT_BITS)) - 1;
-            let start = (self.elapsed & !level_mask) + (u64::from(slot) << shift);
-            return (level, slot as usize, start);
+            let slot = slot as usize;
+            return (level, slot, slot_start(self.elapsed, level, slot));
         }
         unreachable!(
             "next_expiration on empty levels: wheel_len={}",
@@ -529,47 +872,92 @@ impl<T> TimingWheel<T> {
     fn compute_wheel_min(&self) -> u64 {
         let (level, slot, start) = self.next_expiration();
         if level == 0 {
+            // Every occupied slot holds a live timer.
             return start;
         }
-        let mut min = u64::MAX;
-        let mut index = self.slots[level][slot].head;
-        while index != NIL {
-            let timer = self.timer(index);
-            min = min.min(timer.deadline);
-            index = timer.next;
-        }
+        let queue = self.upper[level - 1][slot];
+        let mut min = u32::MAX;
+        self.for_each_record(queue, |record| {
+            if record.offset < min
+                && (queue.dead == 0 || self.entries[record.index as usize].is_some())
+            {
+                min = record.offset;
+            }
+        });
         debug_assert!(
-            min >= start,
-            "slot minimum before slot start: min={min} start={start}"
+            min != u32::MAX,
+            "occupied slot without a live record: level={level} slot={slot}"
         );
-        min
+        start + u64::from(min)
     }
 
     /// Moves `elapsed` to `start`, the start of slot `slot` at `level >= 1`,
-    /// and redistributes that slot's timers to lower levels. All lower levels
-    /// are empty, so the moved timers keep their relative order.
+    /// and redistributes that slot's records to lower levels, dropping its
+    /// tombstones. All lower levels are empty, so the moved records keep
+    /// their relative order.
     fn cascade(&mut self, level: usize, slot: usize, start: u64) {
         debug_assert!(
             self.occupied[..level].iter().all(|&bits| bits == 0),
             "cascade with lower levels occupied: level={level}"
         );
         self.elapsed = start;
-        let list = std::mem::replace(&mut self.slots[level][slot], List::EMPTY);
-        self.occupied[level] &= !(1u64 << slot);
-        let mut index = list.head;
-        while index != NIL {
-            let (deadline, next) = {
-                let timer = self.timer(index);
-                (timer.deadline, timer.next)
-            };
-            let to = level_for(start, deadline);
-            debug_assert!(
-                to < level,
-                "cascade did not descend: from={level} to={to} deadline={deadline}"
-            );
-            self.link_back(index, to, slot_for(deadline, to));
-            index = next;
+        let queue = self.take_queue(level, slot);
+        self.dead -= queue.dead as usize;
+        let mut block = queue.head;
+        let mut dropped = 0;
+        while block != NIL {
+            let end = queue.filled(block);
+            // Only tombstones need the slab, except that level-1 records go
+            // to level 0 and expire next: reading their slab entries here,
+            // in a tight loop over the block, overlaps the cache misses that
+            // each expiry would otherwise wait out one after another.
+            let check = queue.dead > 0 || (level == 1 && self.count_live(block, end, start) < end);
+            for i in 0..end {
+                let record = self.pool.blocks[block as usize].0[i];
+                if check && self.entries[record.index as usize].is_none() {
+                    self.free.push(record.index);
+                    dropped += 1;
+                    continue;
+                }
+                // `start` is aligned to the slot width, which bounds
+                // `offset`, so the target level is the highest non-zero group
+                // of `offset`.
+                let to = ((31 - (record.offset | SLOT_MASK as u32).leading_zeros()) / SLOT_BITS)
+                    as usize;
+                let deadline = start + u64::from(record.offset);
+                debug_assert!(
+                    to < level && to == level_for(start, deadline),
+                    "cascade did not descend: from={level} to={to} deadline={deadline}"
+                );
+                let record = Record {
+                    index: record.index,
+                    offset: offset_for(deadline, to),
+                };
+                self.push_record(to, slot_for(deadline, to), record);
+            }
+            let next = self.pool.next[block as usize];
+            self.pool.release(block);
+            block = next;
         }
+        debug_assert_eq!(
+            dropped, queue.dead,
+            "tombstones miscounted: level={level} slot={slot}"
+        );
+    }
+
+    /// Live records among the first `end` of `block`, a block of a slot
+    /// starting at `start`.
+    fn count_live(&self, block: u32, end: usize, start: u64) -> usize {
+        self.pool.blocks[block as usize].0[..end]
+            .iter()
+            .filter(|record| {
+                // Reading `deadline` as well as the `Option` tag (`seq`)
+                // loads both ends of an entry that straddles cache lines.
+                self.entries[record.index as usize]
+                    .as_ref()
+                    .is_some_and(|timer| timer.deadline >= start)
+            })
+            .count()
     }
 
     /// Moves the overflow timers of `elapsed`'s epoch into the levels. Only
@@ -591,11 +979,15 @@ impl<T> TimingWheel<T> {
         }
     }
 
-    /// Links a timer into the levels and keeps the counters and the cached
+    /// Queues a timer in the levels and keeps the counters and the cached
     /// minimum up to date.
     fn wheel_add(&mut self, index: u32, deadline: u64) {
         let level = level_for(self.elapsed, deadline);
-        self.link_back(index, level, slot_for(deadline, level));
+        let record = Record {
+            index,
+            offset: offset_for(deadline, level),
+        };
+        self.push_record(level, slot_for(deadline, level), record);
         if self.wheel_len == 0 {
             self.wheel_min = OnceLock::from(deadline);
         } else if let Some(min) = self.wheel_min.get_mut() {
@@ -604,98 +996,145 @@ impl<T> TimingWheel<T> {
         self.wheel_len += 1;
     }
 
-    /// Appends a timer to the list of `slot` at `level`.
-    fn link_back(&mut self, index: u32, level: usize, slot: usize) {
-        let tail = self.slots[level][slot].tail;
-        {
-            let timer = self.timer_mut(index);
-            timer.prev = tail;
-            timer.next = NIL;
-            // Both fit in a `u8`: level < 6, slot < 64.
-            timer.loc = Loc::Wheel {
-                level: level as u8,
-                slot: slot as u8,
-            };
+    /// Compacts the queue of `slot` at `level` if tombstones are more than
+    /// half of it, which keeps a live record in every occupied slot.
+    fn compact_if_sparse(&mut self, level: usize, slot: usize) {
+        if level == 0 {
+            let tick = &mut self.ticks[slot];
+            if 2 * tick.dead as usize > tick.indices.len() {
+                self.dead -= tick.dead as usize;
+                tick.dead = 0;
+                let (entries, free) = (&self.entries, &mut self.free);
+                tick.indices.retain(|&index| {
+                    let live = entries[index as usize].is_some();
+                    if !live {
+                        free.push(index);
+                    }
+                    live
+                });
+                self.tick_emptied(slot);
+            }
+            return;
         }
-        if tail == NIL {
-            self.slots[level][slot].head = index;
-            self.occupied[level] |= 1u64 << slot;
-        } else {
-            self.timer_mut(tail).next = index;
+        let queue = self.upper[level - 1][slot];
+        if 2 * queue.dead <= queue.len {
+            return;
         }
-        self.slots[level][slot].tail = index;
+        let queue = self.take_queue(level, slot);
+        self.dead -= queue.dead as usize;
+        self.drain_queue(queue, |wheel, record| {
+            if wheel.entries[record.index as usize].is_some() {
+                wheel.push_back(level, slot, record);
+            } else {
+                wheel.free.push(record.index);
+            }
+        });
     }
 
-    /// Removes a timer from the list of `slot` at `level`.
-    fn unlink(&mut self, index: u32, level: usize, slot: usize) {
-        let (prev, next) = {
-            let timer = self.timer(index);
-            (timer.prev, timer.next)
-        };
-        let list = &mut self.slots[level][slot];
-        if prev == NIL {
-            list.head = next;
+    /// Appends a record to `slot` at `level`.
+    fn push_record(&mut self, level: usize, slot: usize, record: Record) {
+        if level == 0 {
+            self.ticks[slot].indices.push_back(record.index);
+            self.occupied[0] |= 1u64 << slot;
+        } else {
+            self.push_back(level, slot, record);
         }
-        if next == NIL {
-            list.tail = prev;
+    }
+
+    /// Clears the occupancy bit of level-0 `slot` if it is empty, and gives
+    /// back the memory of an exceptionally large queue.
+    fn tick_emptied(&mut self, slot: usize) {
+        let indices = &mut self.ticks[slot].indices;
+        if indices.is_empty() {
+            self.occupied[0] &= !(1u64 << slot);
+            if indices.capacity() > TICK_KEEP {
+                *indices = VecDeque::new();
+            }
         }
-        if list.head == NIL {
-            self.occupied[level] &= !(1u64 << slot);
+    }
+
+    /// Appends a record to the queue of `slot` at `level >= 1`.
+    fn push_back(&mut self, level: usize, slot: usize, record: Record) {
+        let queue = &mut self.upper[level - 1][slot];
+        if queue.len == 0 {
+            let block = self.pool.alloc();
+            *queue = Queue {
+                head: block,
+                tail: block,
+                ..Queue::EMPTY
+            };
+            self.occupied[level] |= 1u64 << slot;
+        } else if (queue.len as usize).is_multiple_of(BLOCK_LEN) {
+            let block = self.pool.alloc();
+            self.pool.next[queue.tail as usize] = block;
+            queue.tail = block;
         }
-        if prev != NIL {
-            self.timer_mut(prev).next = next;
+        self.pool.blocks[queue.tail as usize].0[queue.len as usize % BLOCK_LEN] = record;
+        queue.len += 1;
+    }
+
+    /// Detaches the queue of `slot` at `level`, leaving the slot empty.
+    fn take_queue(&mut self, level: usize, slot: usize) -> Queue {
+        self.occupied[level] &= !(1u64 << slot);
+        std::mem::replace(&mut self.upper[level - 1][slot], Queue::EMPTY)
+    }
+
+    /// Hands every record of a detached queue to `f`, in order, and returns
+    /// its blocks to the pool. A block is released once all its records have
+    /// been handed out; `f` may push to other queues meanwhile.
+    fn drain_queue(&mut self, queue: Queue, mut f: impl FnMut(&mut Self, Record)) {
+        let mut block = queue.head;
+        while block != NIL {
+            for i in 0..queue.filled(block) {
+                let record = self.pool.blocks[block as usize].0[i];
+                f(self, record);
+            }
+            let next = self.pool.next[block as usize];
+            self.pool.release(block);
+            block = next;
         }
-        if next != NIL {
-            self.timer_mut(next).prev = prev;
+    }
+
+    /// Calls `f` on every record of `queue`, in order.
+    fn for_each_record(&self, queue: Queue, mut f: impl FnMut(Record)) {
+        let mut block = queue.head;
+        while block != NIL {
+            for &record in &self.pool.blocks[block as usize].0[..queue.filled(block)] {
+                f(record);
+            }
+            block = self.pool.next[block as usize];
         }
     }
 
     /// The pending timer for `key`, if any.
     fn lookup(&self, key: TimerKey) -> Option<&Timer<T>> {
-        match self.entries.get(key.index as usize)? {
-            Entry::Occupied(timer) if timer.seq == key.seq => Some(timer),
-            _ => None,
-        }
-    }
-
-    fn timer(&self, index: u32) -> &Timer<T> {
-        match &self.entries[index as usize] {
-            Entry::Occupied(timer) => timer,
-            Entry::Vacant => unreachable!("vacant slab entry linked: index={index}"),
-        }
-    }
-
-    fn timer_mut(&mut self, index: u32) -> &mut Timer<T> {
-        match &mut self.entries[index as usize] {
-            Entry::Occupied(timer) => timer,
-            Entry::Vacant => unreachable!("vacant slab entry linked: index={index}"),
-        }
+        self.entries
+            .get(key.index as usize)?
+            .as_ref()
+            .filter(|timer| timer.seq.get() == key.seq)
     }
 
     fn alloc(&mut self, timer: Timer<T>) -> u32 {
         if let Some(index) = self.free.pop() {
             let entry = &mut self.entries[index as usize];
-            debug_assert!(
-                matches!(entry, Entry::Vacant),
-                "free index is occupied: index={index}"
-            );
-            *entry = Entry::Occupied(timer);
+            debug_assert!(entry.is_none(), "free index is occupied: index={index}");
+            *entry = Some(timer);
             return index;
         }
         let index = u32::try_from(self.entries.len())
             .ok()
-            .filter(|&index| index != NIL)
+            .filter(|&index| index != u32::MAX)
             .expect("TimingWheel holds at most u32::MAX - 1 timers");
-        self.entries.push(Entry::Occupied(timer));
+        self.entries.push(Some(timer));
         index
     }
 
+    /// Takes the timer at `index` out of the slab and frees the entry.
     fn release(&mut self, index: u32) -> Timer<T> {
         self.free.push(index);
-        match std::mem::replace(&mut self.entries[index as usize], Entry::Vacant) {
-            Entry::Occupied(timer) => timer,
-            Entry::Vacant => unreachable!("releasing a vacant entry: index={index}"),
-        }
+        self.entries[index as usize]
+            .take()
+            .unwrap_or_else(|| unreachable!("releasing a vacant entry: index={index}"))
     }
 }
 
@@ -713,71 +1152,198 @@ mod tests {
                 self.elapsed,
                 self.now
             );
-            let mut in_levels = 0;
-            for level in 0..LEVELS {
+            // Every slab index is in exactly one place: a queue (live or
+            // tombstone), a side map, or the free set.
+            let mut seen = vec![false; self.entries.len()];
+            let mut mark = |index: u32| {
+                assert!(!seen[index as usize], "index in two places: {index}");
+                seen[index as usize] = true;
+            };
+            let mut blocks_in_queues = 0;
+            let mut block_seen = vec![false; self.pool.blocks.len()];
+            let mut mark_block = |block: u32| {
+                assert!(!block_seen[block as usize], "block in two places: {block}");
+                block_seen[block as usize] = true;
+            };
+            let (mut in_levels, mut tombstones) = (0, 0);
+            for (slot, tick) in self.ticks.iter().enumerate() {
+                let occupied = self.occupied[0] & (1 << slot) != 0;
+                assert_eq!(occupied, !tick.indices.is_empty(), "level=0 slot={slot}");
+                assert!(2 * tick.dead as usize <= tick.indices.len(), "slot={slot}");
+                let deadline = slot_start(self.elapsed, 0, slot);
+                let (mut dead, mut last_seq) = (0, 0);
+                for &index in &tick.indices {
+                    mark(index);
+                    let Some(timer) = &self.entries[index as usize] else {
+                        dead += 1;
+                        continue;
+                    };
+                    assert_eq!(timer.deadline, deadline, "slot={slot}");
+                    assert_eq!(level_for(self.elapsed, deadline), 0);
+                    assert!(last_seq < timer.seq.get(), "equal deadlines out of order");
+                    last_seq = timer.seq.get();
+                }
+                assert_eq!(dead, tick.dead, "slot={slot}");
+                in_levels += tick.indices.len() - dead as usize;
+                tombstones += dead as usize;
+            }
+            for level in 1..LEVELS {
                 for slot in 0..SLOTS {
-                    let list = self.slots[level][slot];
+                    let queue = self.upper[level - 1][slot];
                     let occupied = self.occupied[level] & (1 << slot) != 0;
-                    assert_eq!(occupied, list.head != NIL, "level={level} slot={slot}");
-                    let mut prev = NIL;
-                    let mut index = list.head;
+                    assert_eq!(occupied, queue.len > 0, "level={level} slot={slot}");
+                    if queue.len == 0 {
+                        assert_eq!(queue, Queue::EMPTY, "level={level} slot={slot}");
+                        continue;
+                    }
+                    assert!(
+                        2 * queue.dead <= queue.len,
+                        "level={level} slot={slot} dead={} len={}",
+                        queue.dead,
+                        queue.len
+                    );
+                    let mut block = queue.head;
+                    loop {
+                        blocks_in_queues += 1;
+                        mark_block(block);
+                        if block == queue.tail {
+                            assert_eq!(self.pool.next[block as usize], NIL);
+                            break;
+                        }
+                        block = self.pool.next[block as usize];
+                    }
+                    let start = slot_start(self.elapsed, level, slot);
+                    let (mut count, mut dead) = (0, 0);
                     let mut last: Option<(u64, u64)> = None;
-                    while index != NIL {
-                        let timer = self.timer(index);
-                        assert_eq!(timer.prev, prev, "index={index}");
-                        assert_eq!(
-                            timer.loc,
-                            Loc::Wheel {
-                                level: level as u8,
-                                slot: slot as u8
-                            }
+                    self.for_each_record(queue, |record| {
+                        count += 1;
+                        mark(record.index);
+                        assert!(
+                            u64::from(record.offset) < 1 << (level as u32 * SLOT_BITS)
+                                || level == 0
                         );
+                        let Some(timer) = &self.entries[record.index as usize] else {
+                            dead += 1;
+                            return;
+                        };
+                        assert_eq!(timer.deadline, start + u64::from(record.offset));
                         assert_eq!(level_for(self.elapsed, timer.deadline), level);
                         assert_eq!(slot_for(timer.deadline, level), slot);
                         if let Some((deadline, seq)) = last
                             && deadline == timer.deadline
                         {
-                            assert!(seq < timer.seq, "equal deadlines out of order");
+                            assert!(seq < timer.seq.get(), "equal deadlines out of order");
                         }
-                        last = Some((timer.deadline, timer.seq));
-                        in_levels += 1;
-                        prev = index;
-                        index = timer.next;
-                    }
-                    assert_eq!(list.tail, prev, "level={level} slot={slot}");
+                        last = Some((timer.deadline, timer.seq.get()));
+                    });
+                    assert_eq!(count, queue.len, "level={level} slot={slot}");
+                    assert_eq!(dead, queue.dead, "level={level} slot={slot}");
+                    in_levels += (count - dead) as usize;
+                    tombstones += dead as usize;
                 }
             }
             assert_eq!(in_levels, self.wheel_len);
-            for (&(deadline, seq), &index) in &self.past {
-                let timer = self.timer(index);
-                assert_eq!(
-                    (timer.deadline, timer.seq, timer.loc),
-                    (deadline, seq, Loc::Past)
-                );
-                assert!(deadline < self.elapsed);
-            }
-            for (&(deadline, seq), &index) in &self.overflow {
-                let timer = self.timer(index);
-                assert_eq!(
-                    (timer.deadline, timer.seq, timer.loc),
-                    (deadline, seq, Loc::Overflow)
-                );
-                assert_ne!((deadline ^ self.elapsed) >> EPOCH_BITS, 0);
-                assert!(deadline > self.elapsed);
+            assert_eq!(tombstones, self.dead);
+            for (map, past) in [(&self.past, true), (&self.overflow, false)] {
+                for (&(deadline, seq), &index) in map {
+                    mark(index);
+                    let timer = self.entries[index as usize].as_ref().unwrap();
+                    assert_eq!((timer.deadline, timer.seq.get()), (deadline, seq));
+                    if past {
+                        assert!(deadline < self.elapsed);
+                    } else {
+                        assert_ne!((deadline ^ self.elapsed) >> EPOCH_BITS, 0);
+                        assert!(deadline > self.elapsed);
+                    }
+                }
             }
             assert_eq!(in_levels + self.past.len() + self.overflow.len(), self.len);
-            let occupied_entries = self
-                .entries
-                .iter()
-                .filter(|entry| matches!(entry, Entry::Occupied(_)))
-                .count();
+            self.free.check();
+            for index in self.free.indices() {
+                mark(index);
+                assert!(self.entries[index as usize].is_none(), "index={index}");
+            }
+            assert!(seen.iter().all(|&seen| seen), "slab index lost");
+            let occupied_entries = self.entries.iter().filter(|entry| entry.is_some()).count();
             assert_eq!(occupied_entries, self.len);
-            assert_eq!(self.free.len() + self.len, self.entries.len());
+            // Every block is in exactly one queue or free.
+            self.pool.free.check();
+            for block in self.pool.free.indices() {
+                mark_block(block);
+            }
+            assert_eq!(
+                blocks_in_queues + self.pool.free.len(),
+                self.pool.blocks.len()
+            );
+            assert!(block_seen.iter().all(|&seen| seen), "block lost");
             if self.wheel_len > 0
                 && let Some(&min) = self.wheel_min.get()
             {
                 assert_eq!(min, self.compute_wheel_min());
             }
+        }
+
+        /// Heap bytes held by the wheel's per-timer storage (slab, free
+        /// set, record pool, level-0 queues), by capacity.
+        fn heap_bytes(&self) -> usize {
+            self.entries.capacity() * size_of::<Option<Timer<T>>>()
+                + self.free.heap_bytes()
+                + self.pool.blocks.capacity() * size_of::<Block>()
+                + self.pool.next.capacity() * size_of::<u32>()
+                + self.pool.free.heap_bytes()
+                + self
+                    .ticks
+                    .iter()
+                    .map(|tick| tick.indices.capacity() * size_of::<u32>())
+                    .sum::<usize>()
+        }
+    }
+
+    impl FreeSet {
+        fn heap_bytes(&self) -> usize {
+            let words = self.bits.capacity()
+                + self
+                    .summary
+                    .iter()
+                    .map(|level| level.capacity())
+                    .sum::<usize>();
+            words * size_of::<u64>()
+        }
+
+        /// Every free index: the stack's, then the bitmaps'.
+        fn indices(&self) -> Vec<u32> {
+            let mut indices = self.recent[..self.recent_len].to_vec();
+            for (w, &word) in self.bits.iter().enumerate() {
+                for bit in 0..64 {
+                    if word & (1 << bit) != 0 {
+                        indices.push((w * 64 + bit) as u32);
+                    }
+                }
+            }
+            indices
+        }
+
+        /// Checks that each summary bit says whether the word below it is
+        /// non-zero, and that `hint` has only zero words before it.
+        fn check(&self) {
+            let mut below = &self.bits;
+            for level in &self.summary {
+                assert_eq!(level.len(), below.len().div_ceil(64));
+                for (j, &word) in below.iter().enumerate() {
+                    assert_eq!(level[j / 64] & (1 << (j % 64)) != 0, word != 0, "j={j}");
+                }
+                below = level;
+            }
+            assert!(below.len() <= 1, "top level wider than a word");
+            assert!(self.bits.iter().take(self.hint).all(|&word| word == 0));
+            assert_eq!(self.indices().len(), self.len());
+            assert_eq!(
+                self.bits
+                    .iter()
+                    .map(|word| word.count_ones() as usize)
+                    .sum::<usize>(),
+                self.len
+            );
         }
     }
 
@@ -794,13 +1360,15 @@ mod tests {
 
     const SPAN: u64 = 1 << EPOCH_BITS;
 
-    // The storage budget: at most 64 bytes of slab per `u64` timer.
+    // The storage budget: at most 64 bytes per `u64` timer.
     const _: () = assert!(TimingWheel::<u64>::ENTRY_BYTES <= 64);
 
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn entry_and_key_sizes() {
-        assert_eq!(TimingWheel::<u64>::ENTRY_BYTES, 40);
+        assert_eq!(TimingWheel::<u64>::ENTRY_BYTES, 32);
+        assert_eq!(size_of::<Option<Timer<u64>>>(), 24);
+        assert_eq!(size_of::<Block>(), 512);
         assert_eq!(size_of::<TimerKey>(), 16);
     }
 
@@ -1139,6 +1707,181 @@ mod tests {
         let got: Vec<_> = out.into_iter().map(|(_, d, v)| (d, v)).collect();
         assert_eq!(got, expected);
         wheel.check_invariants();
+    }
+
+    #[test]
+    fn cancel_then_poll_skips_tombstones() {
+        // (poll before cancelling, so the tombstones are met by: the
+        // level-2 -> level-1 cascade, the level-1 -> level-0 cascade, the
+        // level-0 expiry)
+        for before in [0, 4_100, 4_999] {
+            let mut wheel = TimingWheel::new();
+            assert!(wheel.poll(before).is_none());
+            let keys: Vec<_> = (0..10).map(|v| wheel.insert(5_000 + v % 2, v)).collect();
+            // Two of ten: below the compaction threshold, so they stay queued.
+            assert_eq!(wheel.cancel(keys[1]), Some(1));
+            assert_eq!(wheel.cancel(keys[4]), Some(4));
+            assert_eq!(wheel.dead, 2, "before={before}");
+            wheel.check_invariants();
+            assert_eq!(wheel.next_deadline(), Some(5_000));
+            assert_eq!(wheel.len(), 8);
+            assert_eq!(
+                drain(&mut wheel, 10_000),
+                [
+                    (5_000, 0),
+                    (5_000, 2),
+                    (5_000, 6),
+                    (5_000, 8),
+                    (5_001, 3),
+                    (5_001, 5),
+                    (5_001, 7),
+                    (5_001, 9)
+                ],
+                "before={before}"
+            );
+            assert_eq!(wheel.dead, 0);
+            assert_eq!(wheel.free.len(), 10, "every slab entry is free again");
+        }
+    }
+
+    #[test]
+    fn cancelling_many_keeps_next_deadline_exact() {
+        let mut wheel = TimingWheel::with_now(1_000);
+        let mut pending: Vec<(u64, TimerKey)> = Vec::new();
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for value in 0..2_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // One level-2 slot and the level-1 slots after it.
+            let deadline = 8_192 + x % 9_000;
+            pending.push((deadline, wheel.insert(deadline, value)));
+        }
+        // Cancel from the earliest up: every cancel removes the minimum,
+        // and tombstones pile up at the front of the earliest slot.
+        pending.sort_by_key(|&(deadline, key)| (deadline, key.seq));
+        let (early, late) = pending.split_at(1_500);
+        for (i, &(deadline, key)) in early.iter().enumerate() {
+            assert_eq!(wheel.next_deadline(), Some(deadline), "i={i}");
+            assert!(wheel.cancel(key).is_some());
+            assert!(wheel.dead <= wheel.wheel_len + 1, "i={i}");
+            if i % 97 == 0 {
+                wheel.check_invariants();
+            }
+        }
+        assert_eq!(wheel.next_deadline(), Some(late[0].0));
+        wheel.check_invariants();
+        // Move time into the remaining slots, then cancel from the latest
+        // down: the minimum stays put until the last one.
+        assert!(wheel.poll(late[0].0 - 1).is_none());
+        wheel.check_invariants();
+        for &(_, key) in late[1..].iter().rev() {
+            assert!(wheel.cancel(key).is_some());
+            assert_eq!(wheel.next_deadline(), Some(late[0].0));
+        }
+        wheel.check_invariants();
+        assert_eq!(wheel.cancel(late[0].1).map(|_| ()), Some(()));
+        assert_eq!(wheel.next_deadline(), None);
+        assert!(wheel.is_empty());
+        wheel.check_invariants();
+        assert_eq!(wheel.dead, 0, "an empty wheel keeps no tombstones");
+    }
+
+    #[test]
+    fn tombstone_holds_its_slab_entry_until_dropped() {
+        let mut wheel = TimingWheel::new();
+        let a = wheel.insert(5_000, "a");
+        let b = wheel.insert(5_000, "b");
+        let c = wheel.insert(5_000, "c");
+        assert_eq!(wheel.cancel(b), Some("b"));
+        // `b`'s record is still queued, so its entry is not handed out.
+        let d = wheel.insert(6_000, "d");
+        assert_ne!(d.index, b.index);
+        assert_eq!(wheel.cancel(b), None);
+        assert_eq!(wheel.deadline(b), None);
+        wheel.check_invariants();
+        let expired: Vec<_> = std::iter::from_fn(|| wheel.poll(5_000)).collect();
+        assert_eq!(expired, [(a, 5_000, "a"), (c, 5_000, "c")]);
+        // The tombstone is gone with its slot, so its entry is free again:
+        // one of the next three inserts reuses it, out of the old key's reach.
+        let fresh: Vec<_> = ["e", "f", "g"]
+            .into_iter()
+            .map(|value| wheel.insert(7_000, value))
+            .collect();
+        let reused = *fresh
+            .iter()
+            .find(|key| key.index == b.index)
+            .expect("the tombstone's entry is reused");
+        assert_ne!(reused, b);
+        assert_eq!(wheel.cancel(b), None);
+        assert_eq!(wheel.deadline(b), None);
+        assert_eq!(wheel.deadline(reused), Some(7_000));
+        wheel.check_invariants();
+        assert_eq!(
+            drain(&mut wheel, 10_000),
+            [(6_000, "d"), (7_000, "e"), (7_000, "f"), (7_000, "g")]
+        );
+    }
+
+    #[test]
+    fn compaction_bounds_tombstones() {
+        let mut wheel = TimingWheel::new();
+        let keep = wheel.insert(100_000, 0);
+        for level0 in [false, true] {
+            if level0 {
+                // Now the same deadline is in a level-0 slot.
+                assert!(wheel.poll(99_990).is_none());
+            }
+            for value in 1..10_000 {
+                let key = wheel.insert(100_000, value);
+                assert_eq!(wheel.cancel(key), Some(value));
+                assert!(wheel.dead <= 1, "level0={level0} value={value}");
+            }
+            wheel.check_invariants();
+            assert!(
+                wheel.entries.len() <= 3,
+                "slab grew: {}",
+                wheel.entries.len()
+            );
+        }
+        assert_eq!(drain(&mut wheel, 100_000), [(100_000, 0)]);
+        assert_eq!(wheel.cancel(keep), None);
+    }
+
+    /// The benchmark's random workload (`benches/benches/wheel.rs`): one
+    /// million timers at random offsets in `0..1_000_000` ticks, inserted and
+    /// expired in cycles. Everything the wheel holds per timer, by capacity,
+    /// after warm-up, must stay within 64 bytes per timer.
+    #[test]
+    fn random_workload_fits_64_bytes_per_timer() {
+        const TIMERS: usize = 1_000_000;
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let offsets: Vec<u64> = (0..TIMERS)
+            .map(|_| {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                x.wrapping_mul(0x2545_F491_4F6C_DD1D) % 1_000_000
+            })
+            .collect();
+        let mut wheel = TimingWheel::new();
+        wheel.reserve(TIMERS);
+        let mut peak = 0;
+        for _ in 0..3 {
+            let base = wheel.now();
+            for (value, &offset) in offsets.iter().enumerate() {
+                wheel.insert(base + offset, value);
+            }
+            let mut expired = 0;
+            while wheel.poll(base + 999_999).is_some() {
+                expired += 1;
+            }
+            assert_eq!(expired, TIMERS);
+            peak = peak.max(wheel.heap_bytes());
+        }
+        let per_timer = peak as f64 / TIMERS as f64;
+        println!("random workload: {per_timer:.1} bytes per timer");
+        assert!(per_timer <= 64.0, "{per_timer:.1} bytes per timer");
     }
 
     mod prop {

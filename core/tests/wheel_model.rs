@@ -222,8 +222,17 @@ fn run(start: u64, ops: &[Op]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// 256 cases, or `PROPTEST_CASES` when set (for long runs).
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(256);
+    ProptestConfig::with_cases(cases)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(config())]
 
     #[test]
     fn wheel_matches_binary_heap_model(
@@ -234,18 +243,22 @@ proptest! {
     }
 }
 
+/// A deterministic xorshift64 stream.
+fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
 /// Many timers on few deadlines, so that equal deadlines reach a slot by
 /// different routes (direct insert, one or several cascades).
 #[test]
 fn dense_equal_deadlines_match_the_model() {
     let mut ops = Vec::new();
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut next = xorshift(0x2545_F491_4F6C_DD1D);
     for _ in 0..5_000 {
         let r = next();
         ops.push(match r % 10 {
@@ -253,6 +266,32 @@ fn dense_equal_deadlines_match_the_model() {
             6 => Op::Cancel((r >> 8) as usize),
             7 | 8 => Op::PollOne([0, 1, 64, 4_000][(r >> 8) as usize % 4]),
             _ => Op::PollAll([1, 63, 4_095][(r >> 8) as usize % 3]),
+        });
+    }
+    run(0, &ops).unwrap();
+}
+
+/// Cancel-heavy traffic on few slots, so that slots carry tombstones through
+/// cascades and expiries, get compacted, and slab entries are reused by new
+/// timers while stale keys are still being cancelled.
+#[test]
+fn cancel_heavy_traffic_matches_the_model() {
+    let mut ops = Vec::new();
+    let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
+    let mut inserted = 0usize;
+    for _ in 0..20_000 {
+        let r = next();
+        let pick = (r >> 8) as usize;
+        ops.push(match r % 16 {
+            0..=6 => {
+                inserted += 1;
+                Op::Insert([0, 1, 63, 64, 100, 4_096, 5_000, 70_000, 300_000][pick % 9])
+            }
+            // Mostly recent keys, whose timers are likely still pending.
+            7..=11 => Op::Cancel(inserted.saturating_sub(1 + pick % 64)),
+            12 => Op::Cancel(pick),
+            13 | 14 => Op::PollOne([0, 1, 64, 4_000][pick % 4]),
+            _ => Op::PollAll([1, 63, 4_095, 70_000][pick % 4]),
         });
     }
     run(0, &ops).unwrap();
