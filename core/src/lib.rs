@@ -14,11 +14,18 @@
 //! The store contract, the in-memory store and the engine come next; they are
 //! not built yet.
 
+pub mod model;
 pub mod schedule;
 
 mod clock;
+mod error;
 mod wheel;
 
 pub use clock::{Clock, ManualClock, SleepFuture, SystemClock};
+pub use error::{BoxError, Error};
+pub use model::{
+    Execution, ExecutionId, ExecutionStatus, Misfire, NewTask, Notification, NotificationMethod,
+    Overlap, Policy, Task, TaskId, TaskPatch, TaskStatus, Trigger,
+};
 pub use schedule::{Cron, Schedule, ScheduleError, Upcoming, parse_timezone};
 pub use wheel::{TimerKey, TimingWheel};
