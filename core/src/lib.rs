@@ -16,6 +16,7 @@
 
 pub mod model;
 pub mod schedule;
+pub mod store;
 
 mod clock;
 mod error;
@@ -28,4 +29,5 @@ pub use model::{
     Overlap, Policy, Task, TaskId, TaskPatch, TaskStatus, Trigger,
 };
 pub use schedule::{Cron, Schedule, ScheduleError, Upcoming, parse_timezone};
+pub use store::{MemoryStore, Store};
 pub use wheel::{TimerKey, TimingWheel};

@@ -709,6 +709,41 @@ pub struct Execution {
     /// Fencing token: bumped when another scheduler takes the execution over,
     /// so a stale holder cannot record a result.
     pub fence: u64,
+    /// When the next attempt of a failed run is due (cleared once it starts).
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+impl Execution {
+    /// A `running` execution of `task` for the occurrence `scheduled_for`,
+    /// started at `now` on `node`, holding a lease until `lease_until`.
+    pub fn start(
+        task: &Task,
+        scheduled_for: DateTime<Utc>,
+        attempt: u32,
+        trigger: Trigger,
+        node: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id: ExecutionId::new(),
+            task_id: task.id,
+            tenant: task.tenant.clone(),
+            scheduled_for,
+            started_at: now,
+            finished_at: None,
+            duration_ms: None,
+            attempt,
+            status: ExecutionStatus::Running,
+            error: None,
+            output: None,
+            node: node.to_owned(),
+            trigger,
+            lease_until: Some(lease_until),
+            fence: 1,
+            retry_at: None,
+        }
+    }
 }
 
 /// Cuts `text` to at most `max` bytes at a character boundary, marking the cut.

@@ -1,0 +1,746 @@
+//! [`MemoryStore`]: the embedded store, for a single process.
+//!
+//! Everything lives behind one mutex, held for the few microseconds a call
+//! needs; no call scans all tasks. Indexes:
+//! - tasks by id (hash map), and per tenant in id order (for paging);
+//! - enabled tasks by `(next_run, id)` (the due scan);
+//! - running executions by `(lease_until, id)` (recovery), failed attempts by
+//!   `(retry_at, id)` (retries), and the id → task map of those two kinds;
+//! - each task's executions by `(scheduled_for, attempt)`, which is also the
+//!   uniqueness key, trimmed to the retention limit as new ones arrive.
+//!
+//! Nothing survives the process: use the PostgreSQL or Redis store to share
+//! tasks between processes or keep them across restarts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+
+use super::{
+    Change, ChangeFeed, Claim, ClaimKind, ClaimOutcome, DEFAULT_RETENTION, ExecutionPage,
+    ExecutionQuery, Finish, FinishOutcome, MAX_PAGE, Recovered, Store, TaskPage,
+};
+use crate::error::Error;
+use crate::model::{
+    Execution, ExecutionId, ExecutionStatus, MAX_ERROR_BYTES, MAX_OUTPUT_BYTES, Overlap, Task,
+    TaskId, TaskPatch, TaskStatus, Trigger, truncate,
+};
+
+/// Key of an execution within its task: the uniqueness triple minus the task.
+type ExecKey = (DateTime<Utc>, u32);
+
+/// An in-process store. Cheap to clone (clones share the data).
+///
+/// # Examples
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use tickwheel::{MemoryStore, NewTask, Store};
+///
+/// let store = MemoryStore::new();
+/// let task = NewTask::cron("report", "reporter", "0 9 * * MON-FRI").validate("acme", chrono::Utc::now())?;
+/// let stored = store.create_task(task).await?;
+/// assert_eq!(store.get_task("acme", stored.id).await?.name, "report");
+/// # Ok::<(), tickwheel::Error>(())
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    changes: broadcast::Sender<Change>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tasks: HashMap<TaskId, TaskRec>,
+    by_tenant: HashMap<String, BTreeSet<TaskId>>,
+    due: BTreeSet<(DateTime<Utc>, TaskId)>,
+    leases: BTreeSet<(DateTime<Utc>, ExecutionId)>,
+    retries: BTreeSet<(DateTime<Utc>, ExecutionId)>,
+    /// Running executions and failed ones awaiting a retry.
+    live: HashMap<ExecutionId, (TaskId, ExecKey)>,
+    retention: usize,
+}
+
+#[derive(Debug)]
+struct TaskRec {
+    task: Task,
+    executions: BTreeMap<ExecKey, Execution>,
+    running: Vec<ExecutionId>,
+    /// The occurrence waiting for the running one (`overlap: queue_one`).
+    queued: Option<Queued>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    scheduled_for: DateTime<Utc>,
+    attempt: u32,
+    trigger: Trigger,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store keeping the newest 1000 executions per task.
+    pub fn new() -> Self {
+        Self::with_retention(DEFAULT_RETENTION)
+    }
+
+    /// An empty store keeping the newest `retention` executions per task
+    /// (running executions and failed ones awaiting a retry are always kept).
+    pub fn with_retention(retention: usize) -> Self {
+        let (changes, _) = broadcast::channel(4096);
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                tasks: HashMap::new(),
+                by_tenant: HashMap::new(),
+                due: BTreeSet::new(),
+                leases: BTreeSet::new(),
+                retries: BTreeSet::new(),
+                live: HashMap::new(),
+                retention: retention.max(1),
+            })),
+            changes,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the indexes half
+        // updated in a way later calls would trip over more than the data
+        // itself, so a poisoned lock is used as is.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self, change: Change) {
+        // No subscriber is fine.
+        let _ = self.changes.send(change);
+    }
+}
+
+impl Inner {
+    fn owned(&self, tenant: &str, id: TaskId) -> Result<&TaskRec, Error> {
+        match self.tasks.get(&id) {
+            Some(rec) if rec.task.tenant == tenant => Ok(rec),
+            _ => Err(Error::task_not_found(id)),
+        }
+    }
+
+    fn index_due(&mut self, task: &Task) {
+        if let (true, Some(next)) = (task.enabled, task.next_run) {
+            self.due.insert((next, task.id));
+        }
+    }
+
+    fn unindex_due(&mut self, task: &Task) {
+        if let Some(next) = task.next_run {
+            self.due.remove(&(next, task.id));
+        }
+    }
+
+    /// Inserts a new execution of `task_id`; `false` if its key is taken.
+    fn insert_execution(&mut self, task_id: TaskId, e: Execution) -> bool {
+        let key = (e.scheduled_for, e.attempt);
+        let Some(rec) = self.tasks.get_mut(&task_id) else {
+            return false;
+        };
+        if rec.executions.contains_key(&key) {
+            return false;
+        }
+        if e.status == ExecutionStatus::Running {
+            rec.running.push(e.id);
+            if let Some(until) = e.lease_until {
+                self.leases.insert((until, e.id));
+            }
+            self.live.insert(e.id, (task_id, key));
+        }
+        rec.executions.insert(key, e);
+        self.trim(task_id);
+        true
+    }
+
+    /// Drops the oldest finished executions beyond the retention limit.
+    fn trim(&mut self, task_id: TaskId) {
+        let retention = self.retention;
+        let Some(rec) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        if rec.executions.len() <= retention {
+            return;
+        }
+        let excess = rec.executions.len() - retention;
+        let doomed: Vec<ExecKey> = rec
+            .executions
+            .iter()
+            .filter(|(_, e)| e.status.is_final() && e.retry_at.is_none())
+            .take(excess)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in doomed {
+            rec.executions.remove(&key);
+        }
+    }
+
+    /// Ends a running execution of `task_id` (status, fence bump) and
+    /// removes it from the running and lease indexes.
+    fn end_running(
+        &mut self,
+        task_id: TaskId,
+        key: ExecKey,
+        status: ExecutionStatus,
+        finished_at: DateTime<Utc>,
+        error: Option<String>,
+    ) -> Option<Execution> {
+        let rec = self.tasks.get_mut(&task_id)?;
+        let e = rec.executions.get_mut(&key)?;
+        debug_assert_eq!(
+            e.status,
+            ExecutionStatus::Running,
+            "ending a finished execution id={}",
+            e.id
+        );
+        if let Some(until) = e.lease_until.take() {
+            self.leases.remove(&(until, e.id));
+        }
+        e.status = status;
+        e.fence += 1;
+        e.finished_at = Some(finished_at);
+        e.duration_ms = Some(duration_ms(e.started_at, finished_at));
+        e.error = error;
+        let id = e.id;
+        rec.running.retain(|r| *r != id);
+        self.live.remove(&id);
+        Some(e.clone())
+    }
+
+    /// Sets a finished execution to await a retry at `retry_at`.
+    fn await_retry(&mut self, task_id: TaskId, key: ExecKey, retry_at: DateTime<Utc>) {
+        if let Some(e) = self
+            .tasks
+            .get_mut(&task_id)
+            .and_then(|r| r.executions.get_mut(&key))
+        {
+            e.retry_at = Some(retry_at);
+            self.retries.insert((retry_at, e.id));
+            self.live.insert(e.id, (task_id, key));
+        }
+    }
+
+    /// A one-time task whose scheduled run ended without a retry is done.
+    fn settle_one_time(&mut self, task_id: TaskId, e: &Execution) {
+        let Some(rec) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        let task = &mut rec.task;
+        if task.schedule.is_some() || e.trigger == Trigger::Manual || e.retry_at.is_some() {
+            return;
+        }
+        task.status = if e.status == ExecutionStatus::Succeeded {
+            TaskStatus::Completed
+        } else {
+            TaskStatus::Failed
+        };
+    }
+
+    /// Starts the queued occurrence of `task_id` if nothing else runs.
+    fn start_queued(
+        &mut self,
+        task_id: TaskId,
+        node: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Option<Execution> {
+        let rec = self.tasks.get_mut(&task_id)?;
+        if !rec.running.is_empty() {
+            return None;
+        }
+        let q = rec.queued.take()?;
+        let e = Execution::start(
+            &rec.task,
+            q.scheduled_for,
+            q.attempt,
+            q.trigger,
+            node,
+            now,
+            lease_until,
+        );
+        rec.task.last_run = Some(now);
+        self.insert_execution(task_id, e.clone()).then_some(e)
+    }
+
+    fn claim_one(&mut self, claim: Claim) -> ClaimOutcome {
+        let Claim {
+            task_id,
+            kind,
+            execution,
+            missed,
+        } = claim;
+        let Some(rec) = self.tasks.get(&task_id) else {
+            return ClaimOutcome::Lost { current: None };
+        };
+        match kind {
+            ClaimKind::Scheduled {
+                expected_next_run,
+                expected_version,
+                new_next_run,
+            } => {
+                let t = &rec.task;
+                if !t.enabled
+                    || t.next_run != Some(expected_next_run)
+                    || t.version != expected_version
+                {
+                    return self.lost(task_id);
+                }
+                let missed: Vec<Execution> = missed
+                    .into_iter()
+                    .map(|at| {
+                        let mut m = Execution::start(
+                            t,
+                            at,
+                            1,
+                            Trigger::Schedule,
+                            &execution.node,
+                            execution.started_at,
+                            execution.started_at,
+                        );
+                        m.status = ExecutionStatus::Missed;
+                        m.lease_until = None;
+                        m.finished_at = Some(execution.started_at);
+                        m.duration_ms = Some(0);
+                        m
+                    })
+                    .collect();
+                self.due.remove(&(expected_next_run, task_id));
+                if let Some(next) = new_next_run {
+                    self.due.insert((next, task_id));
+                }
+                if let Some(rec) = self.tasks.get_mut(&task_id) {
+                    rec.task.next_run = new_next_run;
+                }
+                for m in missed {
+                    self.insert_execution(task_id, m);
+                }
+            }
+            ClaimKind::Retry { failed } => {
+                let awaiting = match self.live.get(&failed) {
+                    Some(&(owner, key)) if owner == task_id => rec
+                        .executions
+                        .get(&key)
+                        .and_then(|e| e.retry_at)
+                        .map(|at| (at, key)),
+                    _ => None,
+                };
+                let Some((retry_at, key)) = awaiting else {
+                    return self.lost(task_id);
+                };
+                self.retries.remove(&(retry_at, failed));
+                self.live.remove(&failed);
+                if let Some(e) = self
+                    .tasks
+                    .get_mut(&task_id)
+                    .and_then(|r| r.executions.get_mut(&key))
+                {
+                    e.retry_at = None;
+                }
+            }
+            ClaimKind::Manual => {}
+        }
+        self.start_or_overlap(task_id, execution)
+    }
+
+    /// Starts `execution`, or applies the task's overlap policy if a
+    /// previous run of it is still running.
+    fn start_or_overlap(&mut self, task_id: TaskId, execution: Execution) -> ClaimOutcome {
+        let Some(rec) = self.tasks.get_mut(&task_id) else {
+            return ClaimOutcome::Lost { current: None };
+        };
+        let now = execution.started_at;
+        let mut replaced = Vec::new();
+        if !rec.running.is_empty() {
+            match rec.task.policy.overlap {
+                Overlap::Allow => {}
+                Overlap::QueueOne if rec.queued.is_none() => {
+                    rec.queued = Some(Queued {
+                        scheduled_for: execution.scheduled_for,
+                        attempt: execution.attempt,
+                        trigger: execution.trigger,
+                    });
+                    return ClaimOutcome::Queued;
+                }
+                Overlap::Skip | Overlap::QueueOne => {
+                    let mut skipped = execution;
+                    skipped.status = ExecutionStatus::Skipped;
+                    skipped.lease_until = None;
+                    skipped.finished_at = Some(now);
+                    skipped.duration_ms = Some(0);
+                    skipped.error = Some("the previous run was still running".to_owned());
+                    return if self.insert_execution(task_id, skipped.clone()) {
+                        ClaimOutcome::Skipped(skipped)
+                    } else {
+                        self.lost(task_id)
+                    };
+                }
+                Overlap::Replace => {
+                    let running: Vec<ExecutionId> = rec.running.clone();
+                    let at = execution.scheduled_for;
+                    for id in running {
+                        if let Some(&(_, key)) = self.live.get(&id) {
+                            let why = format!("replaced by the run for {}", at.to_rfc3339());
+                            self.end_running(
+                                task_id,
+                                key,
+                                ExecutionStatus::Abandoned,
+                                now,
+                                Some(why),
+                            );
+                            replaced.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        if !self.insert_execution(task_id, execution.clone()) {
+            return self.lost(task_id);
+        }
+        if let Some(rec) = self.tasks.get_mut(&task_id) {
+            rec.task.last_run = Some(now);
+        }
+        if replaced.is_empty() {
+            ClaimOutcome::Started(execution)
+        } else {
+            ClaimOutcome::Replaced {
+                started: execution,
+                replaced,
+            }
+        }
+    }
+
+    fn lost(&self, task_id: TaskId) -> ClaimOutcome {
+        ClaimOutcome::Lost {
+            current: self.tasks.get(&task_id).map(|r| Box::new(r.task.clone())),
+        }
+    }
+}
+
+fn duration_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
+    u64::try_from((to - from).num_milliseconds()).unwrap_or(0)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_task(&self, task: Task) -> Result<Task, Error> {
+        let mut inner = self.lock();
+        if inner.tasks.contains_key(&task.id) {
+            return Err(Error::conflict(format!("task {} already exists", task.id)));
+        }
+        inner.index_due(&task);
+        inner
+            .by_tenant
+            .entry(task.tenant.clone())
+            .or_default()
+            .insert(task.id);
+        inner.tasks.insert(
+            task.id,
+            TaskRec {
+                task: task.clone(),
+                executions: BTreeMap::new(),
+                running: Vec::new(),
+                queued: None,
+            },
+        );
+        drop(inner);
+        self.notify(Change::Upserted {
+            task_id: task.id,
+            next_run: task.next_run.filter(|_| task.enabled),
+            version: task.version,
+        });
+        Ok(task)
+    }
+
+    async fn get_task(&self, tenant: &str, id: TaskId) -> Result<Task, Error> {
+        Ok(self.lock().owned(tenant, id)?.task.clone())
+    }
+
+    async fn list_tasks(&self, tenant: &str, page: TaskPage) -> Result<Vec<Task>, Error> {
+        let inner = self.lock();
+        let Some(ids) = inner.by_tenant.get(tenant) else {
+            return Ok(Vec::new());
+        };
+        let limit = page.limit.min(MAX_PAGE);
+        let range = match page.after {
+            Some(after) => {
+                ids.range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            }
+            None => ids.range(..),
+        };
+        Ok(range
+            .take(limit)
+            .filter_map(|id| inner.tasks.get(id).map(|r| r.task.clone()))
+            .collect())
+    }
+
+    async fn update_task(
+        &self,
+        tenant: &str,
+        id: TaskId,
+        patch: &TaskPatch,
+        expected_version: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<Task, Error> {
+        let mut inner = self.lock();
+        let old = inner.owned(tenant, id)?.task.clone();
+        if expected_version.is_some_and(|v| v != old.version) {
+            return Err(Error::conflict(format!(
+                "task {id} is at version {}, not {}",
+                old.version,
+                expected_version.unwrap_or_default()
+            )));
+        }
+        let updated = patch.apply(&old, now)?;
+        inner.unindex_due(&old);
+        inner.index_due(&updated);
+        if let Some(rec) = inner.tasks.get_mut(&id) {
+            rec.task = updated.clone();
+        }
+        drop(inner);
+        self.notify(Change::Upserted {
+            task_id: id,
+            next_run: updated.next_run.filter(|_| updated.enabled),
+            version: updated.version,
+        });
+        Ok(updated)
+    }
+
+    async fn delete_task(&self, tenant: &str, id: TaskId) -> Result<(), Error> {
+        let mut inner = self.lock();
+        inner.owned(tenant, id)?;
+        let rec = inner.tasks.remove(&id).expect("checked above");
+        inner.unindex_due(&rec.task);
+        if let Some(ids) = inner.by_tenant.get_mut(tenant) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                inner.by_tenant.remove(tenant);
+            }
+        }
+        for e in rec.executions.values() {
+            if inner.live.remove(&e.id).is_some() {
+                if let Some(until) = e.lease_until {
+                    inner.leases.remove(&(until, e.id));
+                }
+                if let Some(at) = e.retry_at {
+                    inner.retries.remove(&(at, e.id));
+                }
+            }
+        }
+        drop(inner);
+        self.notify(Change::Deleted { task_id: id });
+        Ok(())
+    }
+
+    async fn due_tasks(
+        &self,
+        after: Option<(DateTime<Utc>, TaskId)>,
+        horizon: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Task>, Error> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let inner = self.lock();
+        let upper = Included((horizon, TaskId::from_uuid(uuid::Uuid::max())));
+        let lower = match after {
+            Some(key) => Excluded(key),
+            None => Unbounded,
+        };
+        if matches!((&lower, &upper), (Excluded(a), Included(b)) if a >= b) {
+            return Ok(Vec::new());
+        }
+        Ok(inner
+            .due
+            .range((lower, upper))
+            .take(limit)
+            .filter_map(|(_, id)| inner.tasks.get(id).map(|r| r.task.clone()))
+            .collect())
+    }
+
+    async fn due_retries(
+        &self,
+        horizon: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Execution>, Error> {
+        let inner = self.lock();
+        Ok(inner
+            .retries
+            .iter()
+            .take_while(|(at, _)| *at <= horizon)
+            .take(limit)
+            .filter_map(|(_, id)| {
+                let (task_id, key) = inner.live.get(id)?;
+                inner.tasks.get(task_id)?.executions.get(key).cloned()
+            })
+            .collect())
+    }
+
+    async fn claim(&self, claims: Vec<Claim>) -> Result<Vec<ClaimOutcome>, Error> {
+        let mut inner = self.lock();
+        Ok(claims.into_iter().map(|c| inner.claim_one(c)).collect())
+    }
+
+    async fn renew_lease(
+        &self,
+        id: ExecutionId,
+        fence: u64,
+        until: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let mut inner = self.lock();
+        let Some(&(task_id, key)) = inner.live.get(&id) else {
+            return Err(Error::conflict(format!(
+                "execution {id} is no longer running"
+            )));
+        };
+        let Some(e) = inner
+            .tasks
+            .get_mut(&task_id)
+            .and_then(|r| r.executions.get_mut(&key))
+        else {
+            return Err(Error::conflict(format!(
+                "execution {id} is no longer running"
+            )));
+        };
+        if e.status != ExecutionStatus::Running || e.fence != fence {
+            return Err(Error::conflict(format!("execution {id} was taken over")));
+        }
+        let old = e.lease_until.replace(until);
+        if let Some(old) = old {
+            inner.leases.remove(&(old, id));
+        }
+        inner.leases.insert((until, id));
+        Ok(())
+    }
+
+    async fn finish(&self, f: Finish) -> Result<FinishOutcome, Error> {
+        let mut inner = self.lock();
+        let Some(&(task_id, key)) = inner.live.get(&f.id) else {
+            return Err(Error::conflict(format!(
+                "execution {} is no longer running",
+                f.id
+            )));
+        };
+        let e = inner
+            .tasks
+            .get(&task_id)
+            .and_then(|r| r.executions.get(&key));
+        match e {
+            Some(e) if e.status == ExecutionStatus::Running && e.fence == f.fence => {}
+            _ => {
+                return Err(Error::conflict(format!(
+                    "execution {} was taken over",
+                    f.id
+                )));
+            }
+        }
+        if !f.status.is_final() {
+            return Err(Error::invalid(
+                "status",
+                "a finished execution cannot be running",
+            ));
+        }
+        let error = f.error.map(|s| truncate(s, MAX_ERROR_BYTES));
+        let mut ended = inner
+            .end_running(task_id, key, f.status, f.finished_at, error)
+            .expect("checked above");
+        if let Some(e) = inner
+            .tasks
+            .get_mut(&task_id)
+            .and_then(|r| r.executions.get_mut(&key))
+        {
+            e.output = f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES));
+        }
+        if let Some(at) = f
+            .retry_at
+            .filter(|_| f.status != ExecutionStatus::Succeeded)
+        {
+            inner.await_retry(task_id, key, at);
+            ended.retry_at = Some(at);
+        }
+        inner.settle_one_time(task_id, &ended);
+        let started = inner.start_queued(task_id, &f.node, f.finished_at, f.lease_until);
+        inner.trim(task_id);
+        Ok(FinishOutcome { started })
+    }
+
+    async fn recover_expired(
+        &self,
+        now: DateTime<Utc>,
+        node: &str,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Recovered, Error> {
+        let mut inner = self.lock();
+        let expired: Vec<ExecutionId> = inner
+            .leases
+            .iter()
+            .take_while(|(until, _)| *until < now)
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect();
+        let mut out = Recovered::default();
+        for id in expired {
+            let Some(&(task_id, key)) = inner.live.get(&id) else {
+                continue;
+            };
+            let why = Some("lease expired: its scheduler stopped renewing it".to_owned());
+            let Some(mut e) = inner.end_running(task_id, key, ExecutionStatus::Abandoned, now, why)
+            else {
+                continue;
+            };
+            let policy = inner.tasks[&task_id].task.policy;
+            if e.attempt <= policy.max_retries {
+                let at = now + policy.backoff(e.attempt);
+                inner.await_retry(task_id, key, at);
+                e.retry_at = Some(at);
+            }
+            inner.settle_one_time(task_id, &e);
+            if let Some(started) = inner.start_queued(task_id, node, now, lease_until) {
+                out.started.push(started);
+            }
+            out.abandoned.push(e);
+        }
+        Ok(out)
+    }
+
+    async fn executions(
+        &self,
+        tenant: &str,
+        task_id: TaskId,
+        query: ExecutionQuery,
+    ) -> Result<ExecutionPage, Error> {
+        let inner = self.lock();
+        let rec = inner.owned(tenant, task_id)?;
+        let matching = || {
+            rec.executions
+                .values()
+                .rev()
+                .filter(|e| query.status.is_none_or(|s| e.status == s))
+        };
+        Ok(ExecutionPage {
+            executions: matching()
+                .skip(query.offset)
+                .take(query.limit)
+                .cloned()
+                .collect(),
+            total: matching().count(),
+        })
+    }
+
+    async fn subscribe(&self) -> Result<ChangeFeed, Error> {
+        Ok(ChangeFeed::new(self.changes.subscribe()))
+    }
+}
