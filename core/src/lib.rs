@@ -20,10 +20,12 @@ pub mod store;
 
 mod clock;
 mod error;
+mod executor;
 mod wheel;
 
 pub use clock::{Clock, ManualClock, SleepFuture, SystemClock};
 pub use error::{BoxError, Error};
+pub use executor::{Executor, FnExecutor, Run, RunResult, executor_fn};
 pub use model::{
     Execution, ExecutionId, ExecutionStatus, Misfire, NewTask, Notification, NotificationMethod,
     Overlap, Policy, Task, TaskId, TaskPatch, TaskStatus, Trigger,

@@ -283,6 +283,8 @@ impl Inner {
             kind,
             execution,
             missed,
+            node,
+            now,
         } = claim;
         let Some(rec) = self.tasks.get(&task_id) else {
             return ClaimOutcome::Lost { current: None };
@@ -303,18 +305,10 @@ impl Inner {
                 let missed: Vec<Execution> = missed
                     .into_iter()
                     .map(|at| {
-                        let mut m = Execution::start(
-                            t,
-                            at,
-                            1,
-                            Trigger::Schedule,
-                            &execution.node,
-                            execution.started_at,
-                            execution.started_at,
-                        );
+                        let mut m = Execution::start(t, at, 1, Trigger::Schedule, &node, now, now);
                         m.status = ExecutionStatus::Missed;
                         m.lease_until = None;
-                        m.finished_at = Some(execution.started_at);
+                        m.finished_at = Some(now);
                         m.duration_ms = Some(0);
                         m
                     })
@@ -354,7 +348,10 @@ impl Inner {
             }
             ClaimKind::Manual => {}
         }
-        self.start_or_overlap(task_id, execution)
+        match execution {
+            Some(execution) => self.start_or_overlap(task_id, execution),
+            None => ClaimOutcome::Advanced,
+        }
     }
 
     /// Starts `execution`, or applies the task's overlap policy if a
@@ -459,6 +456,7 @@ impl Store for MemoryStore {
         );
         drop(inner);
         self.notify(Change::Upserted {
+            tenant: task.tenant.clone(),
             task_id: task.id,
             next_run: task.next_run.filter(|_| task.enabled),
             version: task.version,
@@ -513,6 +511,7 @@ impl Store for MemoryStore {
         }
         drop(inner);
         self.notify(Change::Upserted {
+            tenant: tenant.to_owned(),
             task_id: id,
             next_run: updated.next_run.filter(|_| updated.enabled),
             version: updated.version,

@@ -129,7 +129,8 @@ pub enum ClaimKind {
     Manual,
 }
 
-/// One claim: start `execution` (status `running`) if `kind` still holds.
+/// One claim: if `kind` still holds, do its bookkeeping, record `missed`,
+/// and start `execution` (status `running`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Claim {
@@ -137,10 +138,15 @@ pub struct Claim {
     pub task_id: TaskId,
     /// The condition and the bookkeeping.
     pub kind: ClaimKind,
-    /// The execution to insert: `running`, with its lease and node.
-    pub execution: Execution,
+    /// The execution to start: `running`, with its lease and node. `None`
+    /// only advances the task (misfire `skip`: nothing runs).
+    pub execution: Option<Execution>,
     /// Occurrences to record as `missed` in the same step (misfire `skip`).
     pub missed: Vec<DateTime<Utc>>,
+    /// The claimer's node and time, for the `missed` records.
+    pub node: String,
+    /// The claimer's time.
+    pub now: DateTime<Utc>,
 }
 
 /// The answer to one [`Claim`].
@@ -164,6 +170,8 @@ pub enum ClaimOutcome {
         /// The executions that were ended.
         replaced: Vec<ExecutionId>,
     },
+    /// The claim won and the task advanced; nothing was to be started.
+    Advanced,
     /// Someone else got there first, or the task changed: nothing was
     /// written. `current` is the task as it is now (`None` if deleted).
     Lost {
@@ -220,6 +228,8 @@ pub struct Recovered {
 pub enum Change {
     /// A task was created or updated (not sent for claims).
     Upserted {
+        /// The task's tenant.
+        tenant: String,
         /// The task.
         task_id: TaskId,
         /// Its next occurrence (`None`: nothing to schedule).
