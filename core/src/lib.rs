@@ -21,6 +21,7 @@ pub mod store;
 mod clock;
 mod error;
 mod executor;
+mod scheduler;
 mod wheel;
 
 pub use clock::{Clock, ManualClock, SleepFuture, SystemClock};
@@ -31,5 +32,6 @@ pub use model::{
     Overlap, Policy, Task, TaskId, TaskPatch, TaskStatus, Trigger,
 };
 pub use schedule::{Cron, Schedule, ScheduleError, Upcoming, parse_timezone};
+pub use scheduler::{Scheduler, SchedulerBuilder, ShutdownReport};
 pub use store::{MemoryStore, Store};
 pub use wheel::{TimerKey, TimingWheel};

@@ -1,0 +1,568 @@
+//! The engine loop: wheel, refill, change feed, claims.
+//!
+//! Invariants:
+//! - A task is *tracked* iff it is enabled and its `next_run` (as last seen)
+//!   is within the look-ahead window; a tracked task has exactly one of: a
+//!   timer on the wheel at `next_run + jitter`, or a place in `ready`.
+//! - `ready` holds due work in firing order; it is claimed as permits allow,
+//!   and put back at its front when the store fails.
+//! - The due-scan watermark only moves past pages that were read
+//!   successfully.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{jitter, plan};
+use super::run::{Cancel, Event, Shared};
+use super::{ShutdownReport, tick};
+use crate::model::{Execution, ExecutionId, Task, TaskId, Trigger};
+use crate::schedule::Schedule;
+use crate::store::{Change, ChangeFeed, Claim, ClaimKind, ClaimOutcome};
+use crate::wheel::{TimerKey, TimingWheel};
+
+/// Tasks read per due-scan page.
+const PAGE: usize = 10_000;
+/// Store backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Requests from the [`Scheduler`](super::Scheduler) handle.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Refresh {
+        tenant: String,
+        task_id: TaskId,
+    },
+    Shutdown {
+        deadline: Duration,
+        reply: oneshot::Sender<ShutdownReport>,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Due {
+    Task(TaskId),
+    Retry {
+        failed: Box<Execution>,
+        task: Arc<Task>,
+    },
+}
+
+#[derive(Debug)]
+struct Tracked {
+    /// Timer on the wheel; `None` while the task waits in `ready`.
+    key: Option<TimerKey>,
+    task: Arc<Task>,
+    schedule: Schedule,
+    next_run: DateTime<Utc>,
+}
+
+pub(crate) struct Engine {
+    shared: Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::UnboundedReceiver<Event>,
+    wheel: TimingWheel<Due>,
+    tracked: HashMap<TaskId, Tracked>,
+    retries: HashMap<ExecutionId, Option<TimerKey>>,
+    ready: VecDeque<Due>,
+    watermark: Option<(DateTime<Utc>, TaskId)>,
+    feed: Option<ChangeFeed>,
+    next_refill: DateTime<Utc>,
+    next_full_scan: DateTime<Utc>,
+    full_scan_pending: bool,
+    backoff: Duration,
+    backoff_until: Option<DateTime<Utc>>,
+    stop_helpers: CancellationToken,
+}
+
+fn delta(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+fn from_tick(t: u64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(i64::try_from(t).unwrap_or(i64::MAX))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+impl Engine {
+    pub(crate) fn new(shared: Arc<Shared>, commands: mpsc::Receiver<Command>) -> Self {
+        let events = shared
+            .events_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .expect("one engine per Shared");
+        let now = shared.clock.now();
+        Self {
+            wheel: TimingWheel::with_now(tick(now)),
+            shared,
+            commands,
+            events,
+            tracked: HashMap::new(),
+            retries: HashMap::new(),
+            ready: VecDeque::new(),
+            watermark: None,
+            feed: None,
+            next_refill: now,
+            next_full_scan: now,
+            full_scan_pending: true,
+            backoff: BACKOFF_MIN,
+            backoff_until: None,
+            stop_helpers: CancellationToken::new(),
+        }
+    }
+
+    fn look_ahead(&self) -> TimeDelta {
+        delta(self.shared.config.look_ahead)
+    }
+
+    pub(crate) async fn run(mut self) {
+        tokio::spawn(
+            self.shared
+                .clone()
+                .keep_leases(self.stop_helpers.child_token()),
+        );
+        tokio::spawn(self.shared.clone().recover(self.stop_helpers.child_token()));
+        let shutdown = loop {
+            let now = self.shared.clock.now();
+            if self.feed.is_none() {
+                self.subscribe().await;
+            }
+            if self.store_ok(now) {
+                if self.full_scan_pending || now >= self.next_full_scan {
+                    self.refill(now, true).await;
+                } else if now >= self.next_refill {
+                    self.refill(now, false).await;
+                }
+            }
+            let now = self.shared.clock.now();
+            while let Some((_, _, due)) = self.wheel.poll(tick(now)) {
+                if let Due::Task(id) = &due
+                    && let Some(t) = self.tracked.get_mut(id)
+                {
+                    t.key = None;
+                }
+                self.ready.push_back(due);
+            }
+            if self.store_ok(now) {
+                self.claim_ready(now).await;
+            }
+
+            let wake = self.wake_time(now);
+            tokio::select! {
+                biased;
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Shutdown { deadline, reply }) => break Some((deadline, reply)),
+                    Some(Command::Refresh { tenant, task_id }) => self.refresh(&tenant, task_id).await,
+                    // The handle was dropped without a shutdown: stop at once.
+                    None => break None,
+                },
+                Some(Event::RunDone) = self.events.recv() => {}
+                change = next_change(&mut self.feed) => self.on_change(change).await,
+                _ = self.shared.clock.sleep_until(wake) => {}
+            }
+        };
+        if let Some((deadline, reply)) = shutdown {
+            let report = self.shutdown(deadline).await;
+            let _ = reply.send(report);
+        } else {
+            self.shared.begin_stopping();
+        }
+        self.stop_helpers.cancel();
+    }
+
+    /// The next moment the loop has something to do.
+    fn wake_time(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let mut wake = self.next_refill.min(self.next_full_scan);
+        if let Some(until) = self.backoff_until {
+            wake = wake.min(until);
+        } else if !self.ready.is_empty() && self.shared.permits.available_permits() > 0 {
+            wake = now;
+        }
+        if let Some(deadline) = self.wheel.next_deadline() {
+            wake = wake.min(from_tick(deadline));
+        }
+        wake.max(now)
+    }
+
+    fn store_ok(&self, now: DateTime<Utc>) -> bool {
+        self.backoff_until.is_none_or(|until| now >= until)
+    }
+
+    fn store_failed(&mut self, now: DateTime<Utc>, what: &str, err: &crate::Error) {
+        tracing::warn!(%err, backoff_ms = self.backoff.as_millis() as u64, "{what} failed; retrying");
+        self.backoff_until = Some(now + delta(self.backoff));
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    fn store_recovered(&mut self) {
+        self.backoff_until = None;
+        self.backoff = BACKOFF_MIN;
+    }
+
+    async fn subscribe(&mut self) {
+        match self.shared.store.subscribe().await {
+            Ok(feed) => {
+                self.feed = Some(feed);
+                // Writes made while unsubscribed are found by a full scan.
+                self.full_scan_pending = true;
+            }
+            Err(err) => tracing::warn!(%err, "subscribing to the change feed failed; will retry"),
+        }
+    }
+
+    /// Loads tasks entering the look-ahead window (from the watermark, or
+    /// everything for a full scan) and retries that fall due in it.
+    async fn refill(&mut self, now: DateTime<Utc>, full: bool) {
+        let horizon = now + self.look_ahead();
+        let mut after = if full { None } else { self.watermark };
+        loop {
+            match self.shared.store.due_tasks(after, horizon, PAGE).await {
+                Ok(tasks) => {
+                    let n = tasks.len();
+                    for task in tasks {
+                        if let Some(next) = task.next_run {
+                            after = Some((next, task.id));
+                        }
+                        self.track(task, now);
+                    }
+                    self.watermark = after.or(self.watermark);
+                    if n < PAGE {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    self.store_failed(now, "due scan", &err);
+                    return;
+                }
+            }
+        }
+        match self.shared.store.due_retries(horizon, PAGE).await {
+            Ok(failed) => {
+                for e in failed {
+                    self.track_retry(e).await;
+                }
+            }
+            Err(err) => {
+                self.store_failed(now, "retry scan", &err);
+                return;
+            }
+        }
+        self.store_recovered();
+        let half = (self.look_ahead() / 2).max(TimeDelta::milliseconds(500));
+        self.next_refill = now + half;
+        if full {
+            self.full_scan_pending = false;
+            self.next_full_scan = now + delta(self.shared.config.full_scan_every);
+        }
+    }
+
+    /// Puts a task on the wheel at its `next_run` (plus jitter) if that is
+    /// within the look-ahead window; forgets it otherwise.
+    fn track(&mut self, task: Task, now: DateTime<Utc>) {
+        let id = task.id;
+        let horizon = now + self.look_ahead();
+        let next = match task.next_run {
+            Some(next) if task.enabled && next <= horizon => next,
+            _ => {
+                self.untrack(id);
+                return;
+            }
+        };
+        if let Some(t) = self.tracked.get_mut(&id) {
+            if t.next_run == next && t.task.version == task.version {
+                return;
+            }
+            if t.key.is_none() {
+                // Waiting in `ready`: the claim will use what we know now.
+                if t.task.version != task.version {
+                    match task.compiled_schedule() {
+                        Ok(s) => t.schedule = s,
+                        Err(_) => return,
+                    }
+                }
+                t.next_run = next;
+                t.task = Arc::new(task);
+                return;
+            }
+        }
+        let schedule = match task.compiled_schedule() {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::error!(task = %id, %err, "stored task has an invalid schedule; not scheduling it");
+                self.untrack(id);
+                return;
+            }
+        };
+        self.untrack(id);
+        let due = next + jitter(id, next, task.policy.jitter_ms);
+        let key = self.wheel.insert(tick(due), Due::Task(id));
+        self.tracked.insert(
+            id,
+            Tracked {
+                key: Some(key),
+                task: Arc::new(task),
+                schedule,
+                next_run: next,
+            },
+        );
+    }
+
+    fn untrack(&mut self, id: TaskId) {
+        if let Some(key) = self.tracked.remove(&id).and_then(|t| t.key) {
+            self.wheel.cancel(key);
+        }
+    }
+
+    async fn track_retry(&mut self, failed: Execution) {
+        if self.retries.contains_key(&failed.id) {
+            return;
+        }
+        let Some(at) = failed.retry_at else {
+            return;
+        };
+        let task = match self
+            .shared
+            .store
+            .get_task(&failed.tenant, failed.task_id)
+            .await
+        {
+            Ok(task) => Arc::new(task),
+            Err(err) => {
+                tracing::warn!(execution = %failed.id, %err, "cannot load the task of a retry");
+                return;
+            }
+        };
+        let id = failed.id;
+        let key = self.wheel.insert(
+            tick(at),
+            Due::Retry {
+                failed: Box::new(failed),
+                task,
+            },
+        );
+        self.retries.insert(id, Some(key));
+    }
+
+    /// Claims due work in batches while permits last.
+    async fn claim_ready(&mut self, now: DateTime<Utc>) {
+        let node = self.shared.config.node.clone();
+        let lease_until = now + self.shared.lease();
+        let grace = delta(self.shared.config.grace);
+        while !self.ready.is_empty() {
+            let available = self.shared.permits.available_permits();
+            if available == 0 {
+                return;
+            }
+            let n = self
+                .ready
+                .len()
+                .min(available)
+                .min(self.shared.config.claim_batch);
+            let mut claims = Vec::with_capacity(n);
+            let mut meta = Vec::with_capacity(n);
+            let batch: Vec<Due> = self.ready.drain(..n).collect();
+            let mut rest = batch.into_iter();
+            let mut leftover = Vec::new();
+            for due in rest.by_ref() {
+                let (claim, task, next) = match &due {
+                    Due::Task(id) => {
+                        let Some(t) = self.tracked.get(id) else {
+                            continue;
+                        };
+                        let p = plan(&t.schedule, &t.task.policy, *id, t.next_run, now, grace);
+                        let execution = p.run.map(|(at, trigger)| {
+                            Execution::start(&t.task, at, 1, trigger, &node, now, lease_until)
+                        });
+                        let claim = Claim {
+                            task_id: *id,
+                            kind: ClaimKind::Scheduled {
+                                expected_next_run: t.next_run,
+                                expected_version: t.task.version,
+                                new_next_run: p.next_run,
+                            },
+                            execution,
+                            missed: p.missed,
+                            node: node.clone(),
+                            now,
+                        };
+                        (claim, t.task.clone(), p.next_run)
+                    }
+                    Due::Retry { failed, task } => {
+                        let execution = Execution::start(
+                            task,
+                            failed.scheduled_for,
+                            failed.attempt + 1,
+                            Trigger::Retry,
+                            &node,
+                            now,
+                            lease_until,
+                        );
+                        let claim = Claim {
+                            task_id: task.id,
+                            kind: ClaimKind::Retry { failed: failed.id },
+                            execution: Some(execution),
+                            missed: Vec::new(),
+                            node: node.clone(),
+                            now,
+                        };
+                        (claim, task.clone(), None)
+                    }
+                };
+                let permit = if claim.execution.is_some() {
+                    match self.shared.permits.clone().try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => {
+                            // Cannot happen (we counted), but never drop work.
+                            leftover.push(due);
+                            break;
+                        }
+                    }
+                } else {
+                    None
+                };
+                claims.push(claim);
+                meta.push((due, task, next, permit));
+            }
+            // Anything not turned into a claim goes back, in order.
+            leftover.extend(rest);
+            for due in leftover.into_iter().rev() {
+                self.ready.push_front(due);
+            }
+            if claims.is_empty() {
+                continue;
+            }
+            match self.shared.store.claim(claims).await {
+                Ok(outcomes) => {
+                    self.store_recovered();
+                    for (outcome, (due, task, next, permit)) in outcomes.into_iter().zip(meta) {
+                        self.settle(now, due, task, next, outcome, permit);
+                    }
+                }
+                Err(err) => {
+                    // Put everything back, in order, and wait.
+                    for (due, ..) in meta.into_iter().rev() {
+                        self.ready.push_front(due);
+                    }
+                    self.store_failed(now, "claim", &err);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Acts on one claim outcome and reschedules its task.
+    fn settle(
+        &mut self,
+        now: DateTime<Utc>,
+        due: Due,
+        task: Arc<Task>,
+        next: Option<DateTime<Utc>>,
+        outcome: ClaimOutcome,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        self.shared.dispatch(task.clone(), &outcome, permit);
+        match due {
+            Due::Retry { failed, .. } => {
+                self.retries.remove(&failed.id);
+            }
+            Due::Task(id) => match outcome {
+                ClaimOutcome::Lost { current } => match current {
+                    Some(current) => {
+                        // Force a fresh timer from what the store says now.
+                        self.untrack(id);
+                        self.track(*current, now);
+                    }
+                    None => self.untrack(id),
+                },
+                _ => {
+                    let mut task = (*task).clone();
+                    task.next_run = next;
+                    self.untrack(id);
+                    self.track(task, now);
+                }
+            },
+        }
+    }
+
+    async fn on_change(&mut self, change: Option<Change>) {
+        let now = self.shared.clock.now();
+        match change {
+            None => {
+                tracing::warn!("change feed closed; resubscribing");
+                self.feed = None;
+            }
+            Some(Change::Resync) => self.full_scan_pending = true,
+            Some(Change::Deleted { task_id }) => self.untrack(task_id),
+            Some(Change::Upserted {
+                tenant,
+                task_id,
+                next_run,
+                version,
+            }) => {
+                if self
+                    .tracked
+                    .get(&task_id)
+                    .is_some_and(|t| t.task.version == version && Some(t.next_run) == next_run)
+                {
+                    return;
+                }
+                match next_run {
+                    Some(next) if next <= now + self.look_ahead() => {
+                        self.refresh(&tenant, task_id).await
+                    }
+                    _ => self.untrack(task_id),
+                }
+            }
+        }
+    }
+
+    /// Re-reads one task and reschedules it.
+    async fn refresh(&mut self, tenant: &str, task_id: TaskId) {
+        let now = self.shared.clock.now();
+        match self.shared.store.get_task(tenant, task_id).await {
+            Ok(task) => {
+                if self.tracked.get(&task_id).is_some_and(|t| t.key.is_some()) {
+                    self.untrack(task_id);
+                }
+                self.track(task, now);
+            }
+            Err(crate::Error::NotFound { .. }) => self.untrack(task_id),
+            Err(err) => {
+                tracing::warn!(task = %task_id, %err, "reading a changed task failed; the next full scan will pick it up");
+                self.full_scan_pending = true;
+            }
+        }
+    }
+
+    async fn shutdown(&mut self, deadline: Duration) -> ShutdownReport {
+        self.shared.begin_stopping();
+        self.shared.permits.close();
+        let before = self.shared.running_count();
+        let until = self.shared.clock.now() + delta(deadline);
+        let finished_in_time = self.shared.wait_idle(Some(until)).await;
+        let abandoned = if finished_in_time {
+            0
+        } else {
+            let n = self.shared.cancel_all(Cancel::Shutdown);
+            self.shared.wait_idle(None).await;
+            n
+        };
+        ShutdownReport {
+            finished: before.saturating_sub(abandoned),
+            abandoned,
+        }
+    }
+}
+
+async fn next_change(feed: &mut Option<ChangeFeed>) -> Option<Change> {
+    match feed {
+        Some(feed) => feed.next().await,
+        None => std::future::pending().await,
+    }
+}

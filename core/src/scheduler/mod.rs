@@ -1,0 +1,279 @@
+//! The scheduler engine.
+//!
+//! A [`Scheduler`] runs one engine task on the current tokio runtime. The
+//! engine keeps the occurrences due within the look-ahead window on a
+//! [`TimingWheel`](crate::TimingWheel) (ticks are Unix milliseconds from the
+//! [`Clock`]), refills it from the store's due scan and change feed, claims
+//! due occurrences through the store (the claim is the exactly-once step),
+//! and runs the winners on the [`Executor`] under a concurrency cap. Helper
+//! tasks renew the leases of running executions and take over executions
+//! whose lease expired on other (dead) nodes.
+//!
+//! Behaviour under failure:
+//! - A store error never drops an occurrence: claims that fail are retried
+//!   with exponential backoff (50 ms to 5 s), and when the store returns the
+//!   misfire policy decides about occurrences that became late meanwhile.
+//! - A result that cannot be recorded is retried until the execution's lease
+//!   runs out; after that another node has taken it over and the result is
+//!   dropped (fencing), which is what makes the takeover safe.
+//! - Several schedulers on one store race for each occurrence; the store lets
+//!   exactly one start it.
+//!
+//! Choices where the specification is silent:
+//! - Runs interrupted by [`Scheduler::shutdown`] are recorded `abandoned`
+//!   with an immediate retry, whatever `max_retries` says: they did not fail,
+//!   the process stopped. Runs whose scheduler died (lease expiry) are
+//!   retried only if the policy allows, as specified.
+//! - A paused task that is resumed continues from the resume time: pausing
+//!   never causes a misfire burst.
+//! - One-time tasks run late whatever their misfire policy.
+
+mod engine;
+mod plan;
+mod run;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::Error;
+use crate::executor::Executor;
+use crate::model::TaskId;
+use crate::store::{ClaimOutcome, Store};
+
+pub(crate) use run::Shared;
+
+/// Builds a [`Scheduler`].
+///
+/// # Examples
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tickwheel::{MemoryStore, Scheduler, executor_fn};
+///
+/// let store = Arc::new(MemoryStore::new());
+/// let scheduler = Scheduler::builder(store, executor_fn(|run| async move {
+///     println!("{} runs", run.task.name);
+///     Ok(None)
+/// }))
+/// .node_id("worker-1")
+/// .max_concurrent(64)
+/// .start();
+/// scheduler.shutdown(Duration::from_secs(5)).await;
+/// # });
+/// ```
+#[must_use = "call start() to run the scheduler"]
+pub struct SchedulerBuilder {
+    store: Arc<dyn Store>,
+    executor: Arc<dyn Executor>,
+    clock: Arc<dyn Clock>,
+    config: Config,
+}
+
+impl std::fmt::Debug for SchedulerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerBuilder")
+            .field("store", &self.store)
+            .field("clock", &self.clock)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Engine settings; see the [`SchedulerBuilder`] methods for each.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) node: String,
+    pub(crate) max_concurrent: usize,
+    pub(crate) lease: Duration,
+    pub(crate) look_ahead: Duration,
+    pub(crate) grace: Duration,
+    pub(crate) claim_batch: usize,
+    pub(crate) full_scan_every: Duration,
+}
+
+impl SchedulerBuilder {
+    fn new(store: Arc<dyn Store>, executor: Arc<dyn Executor>) -> Self {
+        Self {
+            store,
+            executor,
+            clock: Arc::new(SystemClock),
+            config: Config {
+                node: format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+                max_concurrent: 1024,
+                lease: Duration::from_secs(30),
+                look_ahead: Duration::from_secs(10),
+                grace: Duration::from_secs(5),
+                claim_batch: 512,
+                full_scan_every: Duration::from_secs(30),
+            },
+        }
+    }
+
+    /// The clock (default: [`SystemClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// This scheduler's name in execution records (default: `node-` and a
+    /// random suffix).
+    pub fn node_id(mut self, node: impl Into<String>) -> Self {
+        self.config.node = node.into();
+        self
+    }
+
+    /// Most runs in flight at once (default 1024, at least 1). Due
+    /// occurrences beyond it wait; none is dropped.
+    pub fn max_concurrent(mut self, n: usize) -> Self {
+        self.config.max_concurrent = n.max(1);
+        self
+    }
+
+    /// Lease of a running execution (default 30 s, at least 1 s); renewed
+    /// every third of it.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How far ahead occurrences are loaded onto the wheel (default 10 s,
+    /// at least 1 s).
+    pub fn look_ahead(mut self, d: Duration) -> Self {
+        self.config.look_ahead = d.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Lateness up to which an occurrence counts as on time (default 5 s).
+    pub fn misfire_grace(mut self, d: Duration) -> Self {
+        self.config.grace = d;
+        self
+    }
+
+    /// Most occurrences claimed in one store call (default 512).
+    pub fn claim_batch(mut self, n: usize) -> Self {
+        self.config.claim_batch = n.max(1);
+        self
+    }
+
+    /// Starts the engine on the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn start(self) -> Scheduler {
+        let (commands_tx, commands_rx) = mpsc::channel(64);
+        let shared = Arc::new(Shared::new(
+            self.store,
+            self.executor,
+            self.clock,
+            self.config,
+        ));
+        let engine = engine::Engine::new(shared.clone(), commands_rx);
+        let handle = tokio::spawn(engine.run());
+        Scheduler {
+            shared,
+            commands: commands_tx,
+            handle,
+        }
+    }
+}
+
+/// A running scheduler. Dropping it without [`shutdown`](Scheduler::shutdown)
+/// stops the engine abruptly: its runs' leases expire and other nodes retry
+/// them.
+#[derive(Debug)]
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<engine::Command>,
+    handle: JoinHandle<()>,
+}
+
+/// What [`Scheduler::shutdown`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Runs that finished before the deadline.
+    pub finished: usize,
+    /// Runs cancelled at the deadline and recorded `abandoned`.
+    pub abandoned: usize,
+}
+
+impl Scheduler {
+    /// A builder with the store and the executor.
+    pub fn builder(store: Arc<dyn Store>, executor: impl Executor) -> SchedulerBuilder {
+        SchedulerBuilder::new(store, Arc::new(executor))
+    }
+
+    /// This scheduler's node id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.config.node
+    }
+
+    /// Runs a task now (trigger `manual`), subject to its overlap policy and
+    /// the concurrency cap; `next_run` is not touched.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] for an unknown task (or another tenant's),
+    /// [`Error::ShuttingDown`], or the store's error.
+    pub async fn trigger_now(&self, tenant: &str, task_id: TaskId) -> Result<ClaimOutcome, Error> {
+        self.shared.trigger_now(tenant, task_id).await
+    }
+
+    /// Asks the engine to look at a task now (for example right after a
+    /// write through this process): it is rescheduled within milliseconds,
+    /// without waiting for the change feed.
+    pub async fn refresh(&self, tenant: &str, task_id: TaskId) {
+        let _ = self
+            .commands
+            .send(engine::Command::Refresh {
+                tenant: tenant.to_owned(),
+                task_id,
+            })
+            .await;
+    }
+
+    /// Stops claiming, waits up to `deadline` for runs in flight, then
+    /// cancels the rest and records them `abandoned` (with an immediate
+    /// retry, so another node runs them again).
+    pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
+        let (tx, rx) = oneshot::channel();
+        let report = if self
+            .commands
+            .send(engine::Command::Shutdown {
+                deadline,
+                reply: tx,
+            })
+            .await
+            .is_ok()
+        {
+            rx.await.unwrap_or_default()
+        } else {
+            ShutdownReport::default()
+        };
+        let _ = self.handle.await;
+        report
+    }
+
+    /// Runs in flight on this scheduler.
+    pub fn running(&self) -> usize {
+        self.shared.running_count()
+    }
+}
+
+/// The number of permits a semaphore for `n` runs needs.
+pub(crate) fn semaphore(n: usize) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)))
+}
+
+/// Milliseconds since the Unix epoch as a wheel tick (0 before 1970).
+pub(crate) fn tick(t: DateTime<Utc>) -> u64 {
+    u64::try_from(t.timestamp_millis()).unwrap_or(0)
+}
