@@ -7,6 +7,10 @@
 //!
 //! Times are UTC. Identifiers are UUIDv7, so they sort by creation time.
 //!
+//! The model structs are plain data with public fields (so stores in other
+//! crates can build them and callers can use struct-update syntax with
+//! `Default`); adding a field is a breaking change.
+//!
 //! Limits (bytes unless noted): `name` and `agent` 1–200 characters,
 //! `description` ≤ 4 KiB, `prompt` ≤ 64 KiB, `channel_id` ≤ 200 characters,
 //! notification destination ≤ 2 KiB, execution `output` ≤ 64 KiB (longer
@@ -151,7 +155,6 @@ pub enum Overlap {
 /// How a task's runs are governed; every field has a default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
 pub struct Policy {
     /// Missed occurrences: see [`Misfire`].
     pub misfire: Misfire,
@@ -257,7 +260,6 @@ pub struct Notification {
 
 /// One scheduled task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct Task {
     /// Server-assigned, sortable by creation.
     pub id: TaskId,
@@ -333,7 +335,6 @@ fn compile(
 
 /// The input of a task creation, before validation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct NewTask {
     /// Required, 1–200 characters.
     pub name: String,
@@ -440,7 +441,6 @@ pub fn first_run(schedule: &Schedule, now: DateTime<Utc>) -> Option<DateTime<Utc
 /// A partial update: fields left `None` keep their value. Nullable fields
 /// are `Option<Option<_>>`: `Some(None)` clears them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct TaskPatch {
     /// New name.
     pub name: Option<String>,
@@ -676,7 +676,6 @@ pub enum Trigger {
 
 /// One occurrence of one task (one attempt at it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct Execution {
     /// Identifier.
     pub id: ExecutionId,

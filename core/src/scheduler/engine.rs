@@ -162,7 +162,7 @@ impl Engine {
                     // The handle was dropped without a shutdown: stop at once.
                     None => break None,
                 },
-                Some(Event::RunDone) = self.events.recv() => {}
+                Some(event) = self.events.recv() => self.on_event(event).await,
                 change = next_change(&mut self.feed) => self.on_change(change).await,
                 _ = self.shared.clock.sleep_until(wake) => {}
             }
@@ -245,7 +245,7 @@ impl Engine {
         match self.shared.store.due_retries(horizon, PAGE).await {
             Ok(failed) => {
                 for e in failed {
-                    self.track_retry(e).await;
+                    self.track_retry(e, None).await;
                 }
             }
             Err(err) => {
@@ -319,24 +319,39 @@ impl Engine {
         }
     }
 
-    async fn track_retry(&mut self, failed: Execution) {
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::RunDone => {}
+            Event::Retry { failed, task } => {
+                let horizon = self.shared.clock.now() + self.look_ahead();
+                if failed.retry_at.is_some_and(|at| at <= horizon) {
+                    self.track_retry(*failed, task).await;
+                }
+            }
+        }
+    }
+
+    async fn track_retry(&mut self, failed: Execution, task: Option<Arc<Task>>) {
         if self.retries.contains_key(&failed.id) {
             return;
         }
         let Some(at) = failed.retry_at else {
             return;
         };
-        let task = match self
-            .shared
-            .store
-            .get_task(&failed.tenant, failed.task_id)
-            .await
-        {
-            Ok(task) => Arc::new(task),
-            Err(err) => {
-                tracing::warn!(execution = %failed.id, %err, "cannot load the task of a retry");
-                return;
-            }
+        let task = match task {
+            Some(task) => task,
+            None => match self
+                .shared
+                .store
+                .get_task(&failed.tenant, failed.task_id)
+                .await
+            {
+                Ok(task) => Arc::new(task),
+                Err(err) => {
+                    tracing::warn!(execution = %failed.id, %err, "cannot load the task of a retry");
+                    return;
+                }
+            },
         };
         let id = failed.id;
         let key = self.wheel.insert(

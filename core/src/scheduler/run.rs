@@ -43,6 +43,11 @@ struct Running {
 pub(crate) enum Event {
     /// A run ended and gave back its permit.
     RunDone,
+    /// An attempt ended awaiting a retry (`retry_at` is set); `task` when known.
+    Retry {
+        failed: Box<Execution>,
+        task: Option<Arc<Task>>,
+    },
 }
 
 /// State shared by the engine loop, the run tasks, the helpers and the handle.
@@ -255,6 +260,9 @@ impl Shared {
             }
         };
         tokio::select! {
+            // An engine cancellation wins over a result that comes with it.
+            biased;
+            _ = cancel.cancelled() => Outcome::Cancelled,
             result = work => Outcome::Done(result.unwrap_or_else(|panic| {
                 let what = panic
                     .downcast_ref::<&str>()
@@ -267,7 +275,6 @@ impl Shared {
                 cancel.cancel();
                 Outcome::TimedOut
             }
-            _ = cancel.cancelled() => Outcome::Cancelled,
         }
     }
 
@@ -327,7 +334,18 @@ impl Shared {
         let mut delay = Duration::from_millis(50);
         loop {
             match self.store.finish(finish.clone()).await {
-                Ok(out) => return out.started,
+                Ok(out) => {
+                    if let (Some(at), false) = (retry_at, self.is_stopping()) {
+                        let mut failed = e.clone();
+                        failed.status = status;
+                        failed.retry_at = Some(at);
+                        let _ = self.events.send(Event::Retry {
+                            failed: Box::new(failed),
+                            task: None,
+                        });
+                    }
+                    return out.started;
+                }
                 Err(err @ (Error::Conflict { .. } | Error::NotFound { .. })) => {
                     tracing::info!(execution = %e.id, %err, "result not recorded: the execution was taken over");
                     return None;
@@ -417,6 +435,12 @@ impl Shared {
             };
             for e in &recovered.abandoned {
                 tracing::info!(execution = %e.id, task = %e.task_id, node = %e.node, "took over an execution whose lease expired");
+                if e.retry_at.is_some() {
+                    let _ = self.events.send(Event::Retry {
+                        failed: Box::new(e.clone()),
+                        task: None,
+                    });
+                }
             }
             for e in recovered.started {
                 self.adopt(e).await;

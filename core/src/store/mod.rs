@@ -73,7 +73,6 @@ impl TaskPage {
 
 /// Which executions of a task to list, newest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct ExecutionQuery {
     /// Most executions to return.
     pub limit: usize,
@@ -96,7 +95,6 @@ impl ExecutionQuery {
 
 /// A page of execution history.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct ExecutionPage {
     /// The executions, newest first (by `scheduled_for`, then attempt).
     pub executions: Vec<Execution>,
@@ -132,7 +130,6 @@ pub enum ClaimKind {
 /// One claim: if `kind` still holds, do its bookkeeping, record `missed`,
 /// and start `execution` (status `running`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Claim {
     /// The task.
     pub task_id: TaskId,
@@ -182,7 +179,6 @@ pub enum ClaimOutcome {
 
 /// The result of a run, recorded by [`Store::finish`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Finish {
     /// The execution.
     pub id: ExecutionId,
@@ -206,7 +202,6 @@ pub struct Finish {
 
 /// What [`Store::finish`] did besides recording the result.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[non_exhaustive]
 pub struct FinishOutcome {
     /// A queued occurrence (`overlap: queue_one`) started for the caller to run.
     pub started: Option<Execution>,
@@ -214,7 +209,6 @@ pub struct FinishOutcome {
 
 /// What [`Store::recover_expired`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[non_exhaustive]
 pub struct Recovered {
     /// The executions marked `abandoned`.
     pub abandoned: Vec<Execution>,
