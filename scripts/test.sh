@@ -12,13 +12,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-# Proptest failures are reported with their seed; nothing is written to the tree.
-export PROPTEST_DISABLE_FAILURE_PERSISTENCE=1
 
 WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/tickwheel-test.XXXXXX")"
 CLEANUP=()
 cleanup() {
   local status=$?
+  trap - EXIT
   # Run registered shutdowns in reverse order of registration.
   for ((i = ${#CLEANUP[@]} - 1; i >= 0; i--)); do
     eval "${CLEANUP[i]}" || true
@@ -26,7 +25,11 @@ cleanup() {
   rm -rf "$WORKDIR"
   exit "$status"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+# A signal ends the run as a failure (the EXIT trap then cleans up), never
+# as the status of whatever step happened to be running.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 step() { printf '\n==> %s\n' "$*"; }
 

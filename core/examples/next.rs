@@ -6,8 +6,10 @@
 //!
 //! Prints `N` (default 5) times strictly after `--from` (default now), one per
 //! line, as RFC 3339 UTC with a `Z`. A bad expression, zone or option prints
-//! the error to stderr and exits with status 2.
+//! the error to stderr and exits with status 2. Output is streamed, so a huge
+//! `--count` piped into `head` stops early and cleanly.
 
+use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -15,22 +17,39 @@ use tickwheel::Schedule;
 
 const USAGE: &str = "usage: next [--tz ZONE] [--from RFC3339] [--count N] 'EXPR'";
 
+struct Args {
+    schedule: Schedule,
+    from: DateTime<Utc>,
+    count: usize,
+}
+
 fn main() -> ExitCode {
-    match run(std::env::args().skip(1)) {
-        Ok(lines) => {
-            for line in lines {
-                println!("{line}");
-            }
-            ExitCode::SUCCESS
-        }
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(args) => args,
         Err(message) => {
             eprintln!("next: {message}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = BufWriter::new(io::stdout().lock());
+    let written = args
+        .schedule
+        .upcoming(args.from)
+        .take(args.count)
+        .try_for_each(|t| writeln!(out, "{}", t.to_rfc3339_opts(SecondsFormat::Secs, true)))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): nothing more to say.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("next: writing output: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn run(mut args: impl Iterator<Item = String>) -> Result<Vec<String>, String> {
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut tz = "UTC".to_owned();
     let mut from = Utc::now();
     let mut count = 5usize;
@@ -61,9 +80,9 @@ fn run(mut args: impl Iterator<Item = String>) -> Result<Vec<String>, String> {
     }
     let expr = expr.ok_or_else(|| USAGE.to_owned())?;
     let schedule = Schedule::parse(&expr, &tz).map_err(|e| e.to_string())?;
-    Ok(schedule
-        .upcoming(from)
-        .take(count)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
-        .collect())
+    Ok(Args {
+        schedule,
+        from,
+        count,
+    })
 }

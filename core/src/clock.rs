@@ -7,7 +7,7 @@
 //! processes sharing a store must agree on it (keep hosts NTP-synchronised).
 //!
 //! [`SystemClock`] waits with tokio timers, so its sleeps need a tokio
-//! runtime with the time driver enabled. A sleep is a wait of the remaining
+//! runtime with the time driver enabled (`enable_time`/`enable_all`). A sleep is a wait of the remaining
 //! duration, measured when the sleep starts: if the system clock is stepped
 //! while it waits, the waiter wakes early or late by the step and is expected
 //! to read [`Clock::now`] again, which is what the engine does.
@@ -43,9 +43,17 @@ impl Clock for SystemClock {
         Utc::now()
     }
 
+    /// # Panics
+    ///
+    /// The returned future panics when polled outside a tokio runtime with
+    /// the time driver enabled (unless the deadline has already passed).
     fn sleep_until(&self, deadline: DateTime<Utc>) -> SleepFuture {
         let wait = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        Box::pin(tokio::time::sleep(wait))
+        Box::pin(async move {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        })
     }
 }
 

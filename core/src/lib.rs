@@ -31,7 +31,12 @@ pub use model::{
     Execution, ExecutionId, ExecutionStatus, Misfire, NewTask, Notification, NotificationMethod,
     Overlap, Policy, Task, TaskId, TaskPatch, TaskStatus, Trigger,
 };
-pub use schedule::{Cron, Schedule, ScheduleError, Upcoming, parse_timezone};
+pub use schedule::{Cron, Field, Reason, Schedule, ScheduleError, Upcoming, parse_timezone};
 pub use scheduler::{Scheduler, SchedulerBuilder, ShutdownReport};
 pub use store::{MemoryStore, Store};
 pub use wheel::{TimerKey, TimingWheel};
+
+/// The README's examples compile and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -3,7 +3,7 @@
 //! A [`Cron`] is a parsed expression compiled to one bitset per field
 //! (48 bytes, `Copy`). It knows nothing of time zones: [`Cron::next_match`]
 //! finds the next matching *wall-clock* second, and the zone-aware search in
-//! `schedule.rs` turns wall-clock time into instants.
+//! the parent module turns wall-clock time into instants.
 //!
 //! Bit layout: seconds and minutes use bits `0..60`, hours `0..24`, days of
 //! month `1..=31`, months `1..=12`, days of week `0..7` with `0 = Sunday`.
@@ -287,7 +287,16 @@ impl Cron {
 
     /// Whether a wall-clock time (`year-month-day hour:minute:second`)
     /// matches, ignoring time zones.
-    pub fn matches_wall(&self, year: i32, month: u32, day: u32, h: u32, m: u32, s: u32) -> bool {
+    #[cfg(test)]
+    pub(crate) fn matches_wall(
+        &self,
+        year: i32,
+        month: u32,
+        day: u32,
+        h: u32,
+        m: u32,
+        s: u32,
+    ) -> bool {
         if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
             return false;
         }

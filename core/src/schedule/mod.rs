@@ -56,7 +56,7 @@
 //!
 //! [`Schedule::next_after`] is strictly increasing: it never returns a time
 //! at or before its argument. Fire times are whole seconds (UTC). The search
-//! stops at the end of year 9999 (local time) and returns `None` after it.
+//! stops at 9999-12-31T23:59:59Z and returns `None` after it.
 //!
 //! Zone data comes from chrono-tz (the IANA tz database). Its tables end in
 //! 2099: later dates keep the last offset it knows, so daylight saving is not
@@ -222,7 +222,8 @@ impl Schedule {
     }
 
     /// The first fire time strictly after `t`, or `None` if there is none
-    /// (a one-time schedule already past, or a cron schedule past year 9999).
+    /// (a one-time schedule already past, or a cron schedule past
+    /// 9999-12-31T23:59:59Z).
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match &self.kind {
             Kind::Once(at) => (*at > t).then_some(*at),
@@ -232,7 +233,8 @@ impl Schedule {
                 } else {
                     next_in_zone(cron, zone::table(self.tz), t.timestamp())?
                 };
-                DateTime::from_timestamp(secs, 0)
+                // Keep every result printable as RFC 3339 (four-digit years).
+                (secs <= LAST_INSTANT).then(|| DateTime::from_timestamp(secs, 0))?
             }
         }
     }
@@ -264,6 +266,9 @@ impl Iterator for Upcoming {
 }
 
 impl std::iter::FusedIterator for Upcoming {}
+
+/// 9999-12-31T23:59:59Z: the last fire time a cron schedule returns.
+const LAST_INSTANT: i64 = 253_402_300_799;
 
 /// More than any two UTC offsets of the tz database differ by (local mean
 /// times reach -15:56 and +15:13); used to skip spans safely.
@@ -302,7 +307,10 @@ fn next_in_zone(cron: &Cron, table: &ZoneTable, t: i64) -> Option<i64> {
             // The wall time does not exist: it is in the gap of a forward jump.
             return Some(end);
         }
-        // No wall time between `after` and `wall` matches. A later span that
+        // No wall time between `after` and `wall` matches. Every span of the
+        // tz database lasts longer than 2 * MAX_SHIFT (the shortest, 167 h,
+        // is checked by zone.rs's tests), which the next two claims rely on.
+        // A later span that
         // starts more than MAX_SHIFT after `t` reads wall times above `after`
         // (a backward jump right after `t` could revisit earlier ones), and
         // one that ends before `at - MAX_SHIFT` reads wall times below
