@@ -222,6 +222,22 @@ impl Policy {
         Ok(())
     }
 
+    /// The jitter of occurrence `at` of `task`: an offset in
+    /// `0..=jitter_ms` milliseconds, FNV-1a over the id's bytes and the
+    /// occurrence's Unix milliseconds, so every node computes the same one.
+    pub fn jitter(&self, task: TaskId, at: DateTime<Utc>) -> chrono::Duration {
+        if self.jitter_ms == 0 {
+            return chrono::Duration::zero();
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let bytes = task.as_uuid().into_bytes();
+        for b in bytes.iter().chain(&at.timestamp_millis().to_be_bytes()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        chrono::Duration::milliseconds((h % (self.jitter_ms + 1)) as i64)
+    }
+
     /// Delay before retry number `retry` (1-based): the backoff doubled per
     /// earlier retry, capped at 10 minutes.
     pub fn backoff(&self, retry: u32) -> std::time::Duration {

@@ -25,8 +25,8 @@ use crate::schedule::Schedule;
 use crate::store::{Change, ChangeFeed, Claim, ClaimKind, ClaimOutcome};
 use crate::wheel::{TimerKey, TimingWheel};
 
-/// Tasks read per due-scan page.
-const PAGE: usize = 10_000;
+/// Tasks read per due-scan page (one page per loop turn).
+const SCAN_PAGE: usize = 2_000;
 /// Store backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -53,6 +53,14 @@ enum Due {
     },
 }
 
+/// A due scan in progress.
+#[derive(Debug, Clone, Copy)]
+struct Scan {
+    after: Option<(DateTime<Utc>, TaskId)>,
+    horizon: DateTime<Utc>,
+    full: bool,
+}
+
 #[derive(Debug)]
 struct Tracked {
     /// Timer on the wheel; `None` while the task waits in `ready`.
@@ -71,6 +79,7 @@ pub(crate) struct Engine {
     retries: HashMap<ExecutionId, Option<TimerKey>>,
     ready: VecDeque<Due>,
     watermark: Option<(DateTime<Utc>, TaskId)>,
+    scan: Option<Scan>,
     feed: Option<ChangeFeed>,
     next_refill: DateTime<Utc>,
     next_full_scan: DateTime<Utc>,
@@ -107,6 +116,7 @@ impl Engine {
             retries: HashMap::new(),
             ready: VecDeque::new(),
             watermark: None,
+            scan: None,
             feed: None,
             next_refill: now,
             next_full_scan: now,
@@ -128,17 +138,16 @@ impl Engine {
                 .keep_leases(self.stop_helpers.child_token()),
         );
         tokio::spawn(self.shared.clone().recover(self.stop_helpers.child_token()));
+        // The pending wait, kept across iterations while its deadline holds.
+        let mut sleep: Option<(DateTime<Utc>, crate::SleepFuture)> = None;
         let shutdown = loop {
             let now = self.shared.clock.now();
             if self.feed.is_none() {
                 self.subscribe().await;
             }
             if self.store_ok(now) {
-                if self.full_scan_pending || now >= self.next_full_scan {
-                    self.refill(now, true).await;
-                } else if now >= self.next_refill {
-                    self.refill(now, false).await;
-                }
+                self.plan_scan(now);
+                self.scan_page(now).await;
             }
             let now = self.shared.clock.now();
             while let Some((_, _, due)) = self.wheel.poll(tick(now)) {
@@ -154,6 +163,11 @@ impl Engine {
             }
 
             let wake = self.wake_time(now);
+            if sleep.as_ref().is_none_or(|(at, _)| *at != wake) {
+                sleep = Some((wake, self.shared.clock.sleep_until(wake)));
+            }
+            let (_, timer) = sleep.as_mut().expect("set above");
+            let blocked = !self.ready.is_empty() && self.shared.permits.available_permits() == 0;
             tokio::select! {
                 biased;
                 cmd = self.commands.recv() => match cmd {
@@ -164,7 +178,8 @@ impl Engine {
                 },
                 Some(event) = self.events.recv() => self.on_event(event).await,
                 change = next_change(&mut self.feed) => self.on_change(change).await,
-                _ = self.shared.clock.sleep_until(wake) => {}
+                () = self.shared.permit_freed.notified(), if blocked => {}
+                () = timer => sleep = None,
             }
         };
         if let Some((deadline, reply)) = shutdown {
@@ -181,7 +196,9 @@ impl Engine {
         let mut wake = self.next_refill.min(self.next_full_scan);
         if let Some(until) = self.backoff_until {
             wake = wake.min(until);
-        } else if !self.ready.is_empty() && self.shared.permits.available_permits() > 0 {
+        } else if self.scan.is_some()
+            || (!self.ready.is_empty() && self.shared.permits.available_permits() > 0)
+        {
             wake = now;
         }
         if let Some(deadline) = self.wheel.next_deadline() {
@@ -216,33 +233,59 @@ impl Engine {
         }
     }
 
-    /// Loads tasks entering the look-ahead window (from the watermark, or
-    /// everything for a full scan) and retries that fall due in it.
-    async fn refill(&mut self, now: DateTime<Utc>, full: bool) {
-        let horizon = now + self.look_ahead();
-        let mut after = if full { None } else { self.watermark };
-        loop {
-            match self.shared.store.due_tasks(after, horizon, PAGE).await {
-                Ok(tasks) => {
-                    let n = tasks.len();
-                    for task in tasks {
-                        if let Some(next) = task.next_run {
-                            after = Some((next, task.id));
-                        }
-                        self.track(task, now);
-                    }
-                    self.watermark = after.or(self.watermark);
-                    if n < PAGE {
-                        break;
-                    }
-                }
-                Err(err) => {
-                    self.store_failed(now, "due scan", &err);
-                    return;
-                }
-            }
+    /// Starts a due scan if one is due: a full one (everything up to the
+    /// horizon) at start, on `Resync` and every `full_scan_every`; otherwise
+    /// an incremental one over the slice that entered the look-ahead window
+    /// since the last scan.
+    fn plan_scan(&mut self, now: DateTime<Utc>) {
+        if self.scan.is_some() {
+            return;
         }
-        match self.shared.store.due_retries(horizon, PAGE).await {
+        let horizon = now + self.look_ahead();
+        if self.full_scan_pending || now >= self.next_full_scan {
+            self.scan = Some(Scan {
+                after: None,
+                horizon,
+                full: true,
+            });
+        } else if now >= self.next_refill {
+            self.scan = Some(Scan {
+                after: self.watermark,
+                horizon,
+                full: false,
+            });
+        }
+    }
+
+    /// Reads one page of the scan in progress (so claims are never held up
+    /// for long) and, after the last, the retries due in the window.
+    async fn scan_page(&mut self, now: DateTime<Utc>) {
+        let Some(scan) = self.scan.as_mut() else {
+            return;
+        };
+        let (after, horizon, full) = (scan.after, scan.horizon, scan.full);
+        let tasks = match self.shared.store.due_tasks(after, horizon, SCAN_PAGE).await {
+            Ok(tasks) => tasks,
+            Err(err) => {
+                self.store_failed(now, "due scan", &err);
+                return;
+            }
+        };
+        let n = tasks.len();
+        let mut last = after;
+        for task in tasks {
+            if let Some(next) = task.next_run {
+                last = Some((next, task.id));
+            }
+            self.track(task, now);
+        }
+        if n == SCAN_PAGE {
+            if let Some(scan) = self.scan.as_mut() {
+                scan.after = last;
+            }
+            return;
+        }
+        match self.shared.store.due_retries(horizon, SCAN_PAGE).await {
             Ok(failed) => {
                 for e in failed {
                     self.track_retry(e, None).await;
@@ -254,8 +297,11 @@ impl Engine {
             }
         }
         self.store_recovered();
-        let half = (self.look_ahead() / 2).max(TimeDelta::milliseconds(500));
-        self.next_refill = now + half;
+        self.scan = None;
+        // Tasks at or before the horizon were read (or reach the engine by
+        // its own claims, lost claims and the change feed).
+        self.watermark = Some((horizon, TaskId::from_uuid(uuid::Uuid::max())));
+        self.next_refill = now + (self.look_ahead() / 2).max(TimeDelta::milliseconds(500));
         if full {
             self.full_scan_pending = false;
             self.next_full_scan = now + delta(self.shared.config.full_scan_every);
@@ -321,7 +367,6 @@ impl Engine {
 
     async fn on_event(&mut self, event: Event) {
         match event {
-            Event::RunDone => {}
             Event::Retry { failed, task } => {
                 let horizon = self.shared.clock.now() + self.look_ahead();
                 if failed.retry_at.is_some_and(|at| at <= horizon) {
@@ -495,13 +540,28 @@ impl Engine {
                     }
                     None => self.untrack(id),
                 },
-                _ => {
-                    let mut task = (*task).clone();
-                    task.next_run = next;
-                    self.untrack(id);
-                    self.track(task, now);
-                }
+                _ => self.advance(id, next, now),
             },
+        }
+    }
+
+    /// Moves a tracked task to its next occurrence after a won claim,
+    /// reusing what is known of it (no copy, no recompiling).
+    fn advance(&mut self, id: TaskId, next: Option<DateTime<Utc>>, now: DateTime<Utc>) {
+        let horizon = now + self.look_ahead();
+        let Some(t) = self.tracked.get_mut(&id) else {
+            return;
+        };
+        match next {
+            Some(next) if next <= horizon => {
+                if let Some(key) = t.key.take() {
+                    self.wheel.cancel(key);
+                }
+                t.next_run = next;
+                let due = next + t.task.policy.jitter(id, next);
+                t.key = Some(self.wheel.insert(tick(due), Due::Task(id)));
+            }
+            _ => self.untrack(id),
         }
     }
 

@@ -14,20 +14,14 @@ pub(crate) const MAX_CATCH_UP: usize = 100;
 /// the occurrence it reached).
 const MAX_WALK: usize = 1_000_000;
 
-/// The deterministic jitter of occurrence `at` of `task`: FNV-1a over the
-/// id's bytes and the occurrence's Unix milliseconds, modulo
-/// `jitter_ms + 1`. Every node computes the same offset.
+/// The deterministic jitter of occurrence `at` of `task`; see
+/// [`Policy::jitter`].
 pub(crate) fn jitter(task: TaskId, at: DateTime<Utc>, jitter_ms: u64) -> Duration {
-    if jitter_ms == 0 {
-        return Duration::zero();
+    Policy {
+        jitter_ms,
+        ..Policy::default()
     }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let bytes = task.as_uuid().into_bytes();
-    for b in bytes.iter().chain(&at.timestamp_millis().to_be_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    Duration::milliseconds((h % (jitter_ms + 1)) as i64)
+    .jitter(task, at)
 }
 
 /// What to claim for a due occurrence.

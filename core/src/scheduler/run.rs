@@ -41,8 +41,6 @@ struct Running {
 /// Sent to the engine loop.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// A run ended and gave back its permit.
-    RunDone,
     /// An attempt ended awaiting a retry (`retry_at` is set); `task` when known.
     Retry {
         failed: Box<Execution>,
@@ -62,6 +60,8 @@ pub(crate) struct Shared {
     pub(crate) events_rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     stopping: AtomicBool,
     idle: Notify,
+    /// Signalled when a run gives its permit back.
+    pub(crate) permit_freed: Notify,
 }
 
 impl std::fmt::Debug for Shared {
@@ -99,6 +99,7 @@ impl Shared {
             events_rx: Mutex::new(Some(rx)),
             stopping: AtomicBool::new(false),
             idle: Notify::new(),
+            permit_freed: Notify::new(),
         }
     }
 
@@ -130,7 +131,9 @@ impl Shared {
         tokio::spawn(async move {
             shared.run_loop(task, execution, cancel, cause).await;
             drop(permit);
-            let _ = shared.events.send(Event::RunDone);
+            // Wakes the engine only if it waits for a permit (a stored
+            // notification otherwise, consumed at most once).
+            shared.permit_freed.notify_one();
         });
     }
 
