@@ -98,6 +98,36 @@ macro_rules! id_type {
     };
 }
 
+/// A hasher for maps keyed by [`TaskId`] or [`ExecutionId`]: the last 8
+/// bytes of a UUIDv7 are random, so they are their own hash. Ids are made by
+/// the server, never chosen by a client, so this cannot be steered into
+/// collisions.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        match bytes.last_chunk::<8>() {
+            Some(tail) => self.0 ^= u64::from_le_bytes(*tail),
+            None => {
+                for b in bytes {
+                    self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+                }
+            }
+        }
+    }
+
+    fn write_usize(&mut self, _len: usize) {}
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A `HashMap` keyed by ids, hashed with [`IdHasher`].
+pub(crate) type IdMap<K, V> =
+    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 id_type!(
     /// Identifier of a [`Task`].
     TaskId

@@ -9,7 +9,7 @@
 //! - The due-scan watermark only moves past pages that were read
 //!   successfully.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::plan::{jitter, plan};
 use super::run::{Cancel, Event, Shared};
 use super::{ShutdownReport, tick};
-use crate::model::{Execution, ExecutionId, Task, TaskId, Trigger};
+use crate::model::{Execution, ExecutionId, IdMap, Task, TaskId, Trigger};
 use crate::schedule::Schedule;
 use crate::store::{Change, ChangeFeed, Claim, ClaimKind, ClaimOutcome};
 use crate::wheel::{TimerKey, TimingWheel};
@@ -75,8 +75,8 @@ pub(crate) struct Engine {
     commands: mpsc::Receiver<Command>,
     events: mpsc::UnboundedReceiver<Event>,
     wheel: TimingWheel<Due>,
-    tracked: HashMap<TaskId, Tracked>,
-    retries: HashMap<ExecutionId, Option<TimerKey>>,
+    tracked: IdMap<TaskId, Tracked>,
+    retries: IdMap<ExecutionId, Option<TimerKey>>,
     ready: VecDeque<Due>,
     watermark: Option<(DateTime<Utc>, TaskId)>,
     scan: Option<Scan>,
@@ -112,8 +112,8 @@ impl Engine {
             shared,
             commands,
             events,
-            tracked: HashMap::new(),
-            retries: HashMap::new(),
+            tracked: IdMap::default(),
+            retries: IdMap::default(),
             ready: VecDeque::new(),
             watermark: None,
             scan: None,
@@ -503,6 +503,9 @@ impl Engine {
                     for (outcome, (due, task, next, permit)) in outcomes.into_iter().zip(meta) {
                         self.settle(now, due, task, next, outcome, permit);
                     }
+                    // Let the runs just started (and their results) use this
+                    // worker too: an in-process store never yields by itself.
+                    tokio::task::yield_now().await;
                 }
                 Err(err) => {
                     // Put everything back, in order, and wait.

@@ -110,7 +110,7 @@ impl SchedulerBuilder {
                 lease: Duration::from_secs(30),
                 look_ahead: Duration::from_secs(10),
                 grace: Duration::from_secs(5),
-                claim_batch: 512,
+                claim_batch: 64,
                 full_scan_every: Duration::from_secs(30),
             },
         }
@@ -156,7 +156,7 @@ impl SchedulerBuilder {
         self
     }
 
-    /// Most occurrences claimed in one store call (default 512).
+    /// Most occurrences claimed in one store call (default 64).
     pub fn claim_batch(mut self, n: usize) -> Self {
         self.config.claim_batch = n.max(1);
         self

@@ -2,7 +2,6 @@
 //! recording the result (fenced, retried while the store is away), lease
 //! renewal, recovery of expired leases, and manual triggers.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -17,7 +16,7 @@ use super::Config;
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::executor::{Executor, Run};
-use crate::model::{Execution, ExecutionId, ExecutionStatus, Task, TaskId, Trigger};
+use crate::model::{Execution, ExecutionId, ExecutionStatus, IdMap, Task, TaskId, Trigger};
 use crate::store::{Claim, ClaimKind, ClaimOutcome, Finish, Store};
 
 /// Why a run was cancelled by the engine.
@@ -55,7 +54,7 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: Config,
     pub(crate) permits: Arc<Semaphore>,
-    running: Mutex<HashMap<ExecutionId, Running>>,
+    running: Mutex<IdMap<ExecutionId, Running>>,
     pub(crate) events: mpsc::UnboundedSender<Event>,
     pub(crate) events_rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     stopping: AtomicBool,
@@ -94,7 +93,7 @@ impl Shared {
             clock,
             permits: super::semaphore(config.max_concurrent),
             config,
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(IdMap::default()),
             events,
             events_rx: Mutex::new(Some(rx)),
             stopping: AtomicBool::new(false),
@@ -103,7 +102,7 @@ impl Shared {
         }
     }
 
-    fn running(&self) -> MutexGuard<'_, HashMap<ExecutionId, Running>> {
+    fn running(&self) -> MutexGuard<'_, IdMap<ExecutionId, Running>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -25,8 +25,8 @@ use super::{
 };
 use crate::error::Error;
 use crate::model::{
-    Execution, ExecutionId, ExecutionStatus, MAX_ERROR_BYTES, MAX_OUTPUT_BYTES, Overlap, Task,
-    TaskId, TaskPatch, TaskStatus, Trigger, truncate,
+    Execution, ExecutionId, ExecutionStatus, IdMap, MAX_ERROR_BYTES, MAX_OUTPUT_BYTES, Overlap,
+    Task, TaskId, TaskPatch, TaskStatus, Trigger, truncate,
 };
 
 /// Key of an execution within its task: the uniqueness triple minus the task.
@@ -58,13 +58,13 @@ pub struct MemoryStore {
 
 #[derive(Debug)]
 struct Inner {
-    tasks: HashMap<TaskId, TaskRec>,
+    tasks: IdMap<TaskId, TaskRec>,
     by_tenant: HashMap<String, BTreeSet<TaskId>>,
     due: BTreeSet<(DateTime<Utc>, TaskId)>,
     leases: BTreeSet<(DateTime<Utc>, ExecutionId)>,
     retries: BTreeSet<(DateTime<Utc>, ExecutionId)>,
     /// Running executions and failed ones awaiting a retry.
-    live: HashMap<ExecutionId, (TaskId, ExecKey)>,
+    live: IdMap<ExecutionId, (TaskId, ExecKey)>,
     retention: usize,
 }
 
@@ -102,12 +102,12 @@ impl MemoryStore {
         let (changes, _) = broadcast::channel(4096);
         Self {
             inner: Arc::new(Mutex::new(Inner {
-                tasks: HashMap::new(),
+                tasks: IdMap::default(),
                 by_tenant: HashMap::new(),
                 due: BTreeSet::new(),
                 leases: BTreeSet::new(),
                 retries: BTreeSet::new(),
-                live: HashMap::new(),
+                live: IdMap::default(),
                 retention: retention.max(1),
             })),
             changes,
