@@ -159,7 +159,7 @@ impl Engine {
                 self.ready.push_back(due);
             }
             if self.store_ok(now) {
-                self.claim_ready(now).await;
+                self.claim_ready().await;
             }
 
             let wake = self.wake_time(now);
@@ -410,11 +410,13 @@ impl Engine {
     }
 
     /// Claims due work in batches while permits last.
-    async fn claim_ready(&mut self, now: DateTime<Utc>) {
+    async fn claim_ready(&mut self) {
         let node = self.shared.config.node.clone();
-        let lease_until = now + self.shared.lease();
         let grace = delta(self.shared.config.grace);
         while !self.ready.is_empty() {
+            // Each batch is stamped with the time it is claimed at.
+            let now = self.shared.clock.now();
+            let lease_until = now + self.shared.lease();
             let available = self.shared.permits.available_permits();
             if available == 0 {
                 return;
