@@ -71,7 +71,10 @@ struct Inner {
 #[derive(Debug)]
 struct TaskRec {
     task: Task,
-    executions: BTreeMap<ExecKey, Execution>,
+    /// Boxed: many tasks firing in lockstep split their maps' nodes in the
+    /// same second, and nodes holding whole executions made that a burst of
+    /// hundreds of MB; with boxes a node is a few hundred bytes.
+    executions: BTreeMap<ExecKey, Box<Execution>>,
     running: Vec<ExecutionId>,
     /// The occurrence waiting for the running one (`overlap: queue_one`).
     queued: Option<Queued>,
@@ -163,7 +166,7 @@ impl Inner {
             }
             self.live.insert(e.id, (task_id, key));
         }
-        rec.executions.insert(key, e);
+        rec.executions.insert(key, Box::new(e));
         self.trim(task_id);
         true
     }
@@ -219,7 +222,7 @@ impl Inner {
         let id = e.id;
         rec.running.retain(|r| *r != id);
         self.live.remove(&id);
-        Some(e.clone())
+        Some((**e).clone())
     }
 
     /// Sets a finished execution to await a retry at `retry_at`.
@@ -582,7 +585,12 @@ impl Store for MemoryStore {
             .take(limit)
             .filter_map(|(_, id)| {
                 let (task_id, key) = inner.live.get(id)?;
-                inner.tasks.get(task_id)?.executions.get(key).cloned()
+                inner
+                    .tasks
+                    .get(task_id)?
+                    .executions
+                    .get(key)
+                    .map(|e| (**e).clone())
             })
             .collect())
     }
@@ -733,7 +741,7 @@ impl Store for MemoryStore {
             executions: matching()
                 .skip(query.offset)
                 .take(query.limit)
-                .cloned()
+                .map(|e| (**e).clone())
                 .collect(),
             total: matching().count(),
         })
