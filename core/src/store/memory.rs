@@ -58,7 +58,8 @@ pub struct MemoryStore {
 
 #[derive(Debug)]
 struct Inner {
-    tasks: IdMap<TaskId, TaskRec>,
+    /// Boxed so the map's spare capacity costs a pointer, not a record.
+    tasks: IdMap<TaskId, Box<TaskRec>>,
     by_tenant: HashMap<String, BTreeSet<TaskId>>,
     due: BTreeSet<(DateTime<Utc>, TaskId)>,
     leases: BTreeSet<(DateTime<Utc>, ExecutionId)>,
@@ -443,19 +444,24 @@ impl Store for MemoryStore {
             return Err(Error::conflict(format!("task {} already exists", task.id)));
         }
         inner.index_due(&task);
-        inner
-            .by_tenant
-            .entry(task.tenant.clone())
-            .or_default()
-            .insert(task.id);
+        match inner.by_tenant.get_mut(&task.tenant) {
+            Some(ids) => {
+                ids.insert(task.id);
+            }
+            None => {
+                inner
+                    .by_tenant
+                    .insert(task.tenant.clone(), BTreeSet::from([task.id]));
+            }
+        }
         inner.tasks.insert(
             task.id,
-            TaskRec {
+            Box::new(TaskRec {
                 task: task.clone(),
                 executions: BTreeMap::new(),
                 running: Vec::new(),
                 queued: None,
-            },
+            }),
         );
         drop(inner);
         self.notify(Change::Upserted {
