@@ -128,6 +128,9 @@ impl std::hash::Hasher for IdHasher {
 pub(crate) type IdMap<K, V> =
     std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 
+/// A `HashSet` of ids, hashed with [`IdHasher`].
+pub(crate) type IdSet<K> = std::collections::HashSet<K, std::hash::BuildHasherDefault<IdHasher>>;
+
 id_type!(
     /// Identifier of a [`Task`].
     TaskId

@@ -55,27 +55,7 @@ def fmt_ts(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def transitions(tz: str, y0: int, y1: int) -> list[int]:
-    """UTC instants (POSIX s) of every offset change in [y0, y1], per system tzdata."""
-    zone = ZoneInfo(tz)
-    t = int(datetime(y0, 1, 1, tzinfo=UTC).timestamp())
-    end = int(datetime(y1 + 1, 1, 1, tzinfo=UTC).timestamp())
-    off = oracle._offset(t, zone)
-    res = []
-    while t < end:
-        n = t + 6 * 3600
-        if oracle._offset(n, zone) != off:
-            lo, hi = t, n
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if oracle._offset(mid, zone) == off:
-                    lo = mid
-                else:
-                    hi = mid
-            res.append(hi)
-            off = oracle._offset(hi, zone)
-        t = n
-    return res
+transitions = oracle.transitions
 
 
 DST_ZONES = {

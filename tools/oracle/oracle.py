@@ -300,6 +300,29 @@ def _offset(ts: int, tz: ZoneInfo) -> int:
     return int(datetime.fromtimestamp(ts, tz).utcoffset().total_seconds())
 
 
+def transitions(tz: str, y0: int, y1: int) -> list[int]:
+    """UTC instants (POSIX s) of every offset change in [y0, y1], per system tzdata."""
+    zone = ZoneInfo(tz)
+    t = int(datetime(y0, 1, 1, tzinfo=UTC).timestamp())
+    end = int(datetime(y1 + 1, 1, 1, tzinfo=UTC).timestamp())
+    off = _offset(t, zone)
+    res = []
+    while t < end:
+        n = t + 6 * 3600
+        if _offset(n, zone) != off:
+            lo, hi = t, n
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if _offset(mid, zone) == off:
+                    lo = mid
+                else:
+                    hi = mid
+            res.append(hi)
+            off = _offset(hi, zone)
+        t = n
+    return res
+
+
 def resolve_fixed(local: datetime, tz: ZoneInfo) -> int:
     """UTC instant at which a fixed-time job with wall time `local` fires."""
     cands = []

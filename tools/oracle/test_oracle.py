@@ -213,26 +213,7 @@ def stream_reference(expr, tz, frm, count, window_hours=120):
     return [datetime.fromtimestamp(u, UTC) for u in out]
 
 
-def transitions(tz, y0, y1):
-    zone = ZoneInfo(tz)
-    t = int(datetime(y0, 1, 1, tzinfo=UTC).timestamp())
-    end = int(datetime(y1 + 1, 1, 1, tzinfo=UTC).timestamp())
-    off = oracle._offset(t, zone)
-    res = []
-    while t < end:
-        n = t + 6 * 3600
-        if oracle._offset(n, zone) != off:
-            lo, hi = t, n
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if oracle._offset(mid, zone) == off:
-                    lo = mid
-                else:
-                    hi = mid
-            res.append(hi)
-            off = oracle._offset(hi, zone)
-        t = n
-    return res
+transitions = oracle.transitions
 
 
 STREAM_EXPRS = ["30 2 * * *", "0 1 * * *", "30 1 * * *", "0,30 2 * * *", "15 2 * * *", "0 0 * * *",

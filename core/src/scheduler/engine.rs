@@ -17,10 +17,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::plan::{jitter, plan};
+use super::plan::plan;
 use super::run::{Cancel, Event, Shared};
 use super::{ShutdownReport, tick};
-use crate::model::{Execution, ExecutionId, IdMap, Task, TaskId, Trigger};
+use crate::model::{Execution, ExecutionId, IdMap, IdSet, Task, TaskId, Trigger};
 use crate::schedule::Schedule;
 use crate::store::{Change, ChangeFeed, Claim, ClaimKind, ClaimOutcome};
 use crate::wheel::{TimerKey, TimingWheel};
@@ -76,7 +76,8 @@ pub(crate) struct Engine {
     events: mpsc::UnboundedReceiver<Event>,
     wheel: TimingWheel<Due>,
     tracked: IdMap<TaskId, Tracked>,
-    retries: IdMap<ExecutionId, Option<TimerKey>>,
+    /// Failed attempts whose retry is on the wheel.
+    retries: IdSet<ExecutionId>,
     ready: VecDeque<Due>,
     watermark: Option<(DateTime<Utc>, TaskId)>,
     scan: Option<Scan>,
@@ -113,7 +114,7 @@ impl Engine {
             commands,
             events,
             tracked: IdMap::default(),
-            retries: IdMap::default(),
+            retries: IdSet::default(),
             ready: VecDeque::new(),
             watermark: None,
             scan: None,
@@ -346,7 +347,7 @@ impl Engine {
             }
         };
         self.untrack(id);
-        let due = next + jitter(id, next, task.policy.jitter_ms);
+        let due = next + task.policy.jitter(id, next);
         let key = self.wheel.insert(tick(due), Due::Task(id));
         self.tracked.insert(
             id,
@@ -377,7 +378,7 @@ impl Engine {
     }
 
     async fn track_retry(&mut self, failed: Execution, task: Option<Arc<Task>>) {
-        if self.retries.contains_key(&failed.id) {
+        if self.retries.contains(&failed.id) {
             return;
         }
         let Some(at) = failed.retry_at else {
@@ -399,14 +400,14 @@ impl Engine {
             },
         };
         let id = failed.id;
-        let key = self.wheel.insert(
+        self.wheel.insert(
             tick(at),
             Due::Retry {
                 failed: Box::new(failed),
                 task,
             },
         );
-        self.retries.insert(id, Some(key));
+        self.retries.insert(id);
     }
 
     /// Claims due work in batches while permits last.
@@ -531,21 +532,19 @@ impl Engine {
         outcome: ClaimOutcome,
         permit: Option<OwnedSemaphorePermit>,
     ) {
-        self.shared.dispatch(task.clone(), &outcome, permit);
+        let lost = self.shared.dispatch(task, outcome, permit);
         match due {
             Due::Retry { failed, .. } => {
                 self.retries.remove(&failed.id);
             }
-            Due::Task(id) => match outcome {
-                ClaimOutcome::Lost { current } => match current {
-                    Some(current) => {
-                        // Force a fresh timer from what the store says now.
-                        self.untrack(id);
-                        self.track(*current, now);
-                    }
-                    None => self.untrack(id),
-                },
-                _ => self.advance(id, next, now),
+            Due::Task(id) => match lost {
+                Some(Some(current)) => {
+                    // Force a fresh timer from what the store says now.
+                    self.untrack(id);
+                    self.track(*current, now);
+                }
+                Some(None) => self.untrack(id),
+                None => self.advance(id, next, now),
             },
         }
     }

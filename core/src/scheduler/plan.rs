@@ -1,5 +1,5 @@
-//! Pure decisions of the engine: jitter, and what a claim for a due
-//! occurrence should do under the misfire policy.
+//! Pure decisions of the engine: what a claim for a due occurrence should
+//! do under the misfire policy (jitter is [`Policy::jitter`]).
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -13,16 +13,6 @@ pub(crate) const MAX_CATCH_UP: usize = 100;
 /// fires every second and was down for 11 days stops here (and then runs
 /// the occurrence it reached).
 const MAX_WALK: usize = 1_000_000;
-
-/// The deterministic jitter of occurrence `at` of `task`; see
-/// [`Policy::jitter`].
-pub(crate) fn jitter(task: TaskId, at: DateTime<Utc>, jitter_ms: u64) -> Duration {
-    Policy {
-        jitter_ms,
-        ..Policy::default()
-    }
-    .jitter(task, at)
-}
 
 /// What to claim for a due occurrence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +47,7 @@ pub(crate) fn plan(
     now: DateTime<Utc>,
     grace: Duration,
 ) -> Plan {
-    let due = at + jitter(task, at, policy.jitter_ms);
+    let due = at + policy.jitter(task, at);
     if now - due <= grace {
         return Plan {
             run: Some((at, Trigger::Schedule)),
@@ -134,6 +124,14 @@ mod tests {
     }
 
     const GRACE: Duration = Duration::seconds(5);
+
+    fn jitter(task: TaskId, at: DateTime<Utc>, jitter_ms: u64) -> Duration {
+        Policy {
+            jitter_ms,
+            ..Policy::default()
+        }
+        .jitter(task, at)
+    }
 
     #[test]
     fn on_time_runs_and_advances() {

@@ -506,32 +506,36 @@ impl Shared {
             .into_iter()
             .next()
             .ok_or_else(|| Error::conflict("the store returned no outcome for the claim"))?;
-        self.dispatch(Arc::new(task), &outcome, Some(permit));
+        self.dispatch(Arc::new(task), outcome.clone(), Some(permit));
         Ok(outcome)
     }
 
-    /// Acts on a claim outcome: runs what started, cancels what was replaced.
+    /// Acts on a claim outcome: runs what started (moving it, no copy),
+    /// cancels what was replaced here. For a lost claim, returns the task as
+    /// the store has it now (`Some(None)`: deleted); `None` otherwise.
     pub(crate) fn dispatch(
         self: &Arc<Self>,
         task: Arc<Task>,
-        outcome: &ClaimOutcome,
+        outcome: ClaimOutcome,
         permit: Option<OwnedSemaphorePermit>,
-    ) {
+    ) -> Option<Option<Box<Task>>> {
         let started = match outcome {
             ClaimOutcome::Started(e) => e,
             ClaimOutcome::Replaced { started, replaced } => {
                 for id in replaced {
-                    self.cancel(*id, Cancel::Fenced);
+                    self.cancel(id, Cancel::Fenced);
                 }
                 started
             }
-            _ => return,
+            ClaimOutcome::Lost { current } => return Some(current),
+            _ => return None,
         };
         match permit {
-            Some(permit) => self.spawn_run(task, started.clone(), permit),
+            Some(permit) => self.spawn_run(task, started, permit),
             None => {
                 tracing::error!(execution = %started.id, "claimed without a permit; its lease will expire")
             }
         }
+        None
     }
 }
