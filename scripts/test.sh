@@ -13,15 +13,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
 WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/tickwheel-test.XXXXXX")"
-CLEANUP=()
+chmod 755 "$WORKDIR"
 cleanup() {
   local status=$?
   trap - EXIT
-  # Run registered shutdowns in reverse order of registration.
-  for ((i = ${#CLEANUP[@]} - 1; i >= 0; i--)); do
-    eval "${CLEANUP[i]}" || true
-  done
+  # Registered shutdowns run in reverse order of registration.
+  run_cleanups
   rm -rf "$WORKDIR"
   exit "$status"
 }
@@ -42,8 +43,16 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 step "cargo doc (-D warnings)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
-# Services for the storage backends are started here once those crates have
-# tests that need them.
+# Throwaway servers for the storage backends: each scripts/services/NAME.sh
+# defines start_NAME (see scripts/lib.sh for the contract).
+for service in postgres redis; do
+  if [[ -f scripts/services/$service.sh ]]; then
+    # shellcheck source=/dev/null
+    source "scripts/services/$service.sh"
+    step "start $service"
+    "start_$service"
+  fi
+done
 
 step "cargo test --workspace"
 cargo test --workspace --locked
