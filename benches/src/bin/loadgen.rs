@@ -81,15 +81,15 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-fn make_store(kind: &str, seconds: u64) -> Result<Arc<dyn Store>> {
-    match kind {
-        // Enough history per task to audit the whole window (one execution
-        // per second per task), and no more.
-        "memory" => Ok(Arc::new(MemoryStore::with_retention(seconds as usize + 10))),
-        other => bail!(
-            "--store {other:?}: only `memory` is built so far (PostgreSQL and Redis come with their stores)"
-        ),
+/// Opens the store named by `--store`. Every backend keeps enough history
+/// per task to audit the whole window (one execution per second per task).
+async fn make_store(kind: &str, seconds: u64) -> Result<Arc<dyn Store>> {
+    let retention = seconds as usize + 10;
+    if kind == "memory" {
+        return Ok(Arc::new(MemoryStore::with_retention(retention)));
     }
+    // PostgreSQL (`postgres://…`) and Redis (`redis://…`) arms go here.
+    bail!("--store {kind:?}: expected `memory`")
 }
 
 /// Resident set (current, peak) in MiB, from /proc.
@@ -140,7 +140,7 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let store = make_store(&args.store, args.seconds)?;
+    let store = make_store(&args.store, args.seconds).await?;
     let policy = Policy {
         jitter_ms: args.jitter_ms,
         ..Policy::default()
