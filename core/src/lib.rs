@@ -9,10 +9,18 @@
 //!   (see the [`schedule`] module for the dialect);
 //! - [`Clock`], with [`SystemClock`] and the [`ManualClock`] tests drive;
 //! - [`TimingWheel`]: the hierarchical timer wheel the engine keeps upcoming
-//!   occurrences on.
+//!   occurrences on;
+//! - the [`model`]: [`Task`], [`Execution`], the validated create input
+//!   [`NewTask`] and the partial update [`TaskPatch`] (the one place that
+//!   decides what a valid task is);
+//! - the [`Store`] contract and [`MemoryStore`], the embedded default (the
+//!   PostgreSQL and Redis stores live in their own crates);
+//! - the [`Executor`] the host implements, and the [`Scheduler`] engine that
+//!   starts every occurrence once.
 //!
-//! The store contract, the in-memory store and the engine come next; they are
-//! not built yet.
+//! Features: `test-utils` (the store conformance suite,
+//! `tickwheel::store::conformance`); `openapi` (`utoipa::ToSchema` on the model
+//! types, used by the REST adapter's OpenAPI document).
 
 pub mod model;
 pub mod schedule;
@@ -32,7 +40,7 @@ pub use model::{
     Overlap, Policy, Task, TaskId, TaskPatch, TaskStatus, Trigger,
 };
 pub use schedule::{Cron, Field, Reason, Schedule, ScheduleError, Upcoming, parse_timezone};
-pub use scheduler::{Scheduler, SchedulerBuilder, ShutdownReport};
+pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle, ShutdownReport};
 pub use store::{MemoryStore, Store};
 pub use wheel::{TimerKey, TimingWheel};
 

@@ -195,23 +195,17 @@ pub struct Scheduler {
     handle: JoinHandle<()>,
 }
 
-/// What [`Scheduler::shutdown`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct ShutdownReport {
-    /// Runs that finished before the deadline.
-    pub finished: usize,
-    /// Runs cancelled at the deadline and recorded `abandoned`.
-    pub abandoned: usize,
+/// A cloneable handle to a running [`Scheduler`], from
+/// [`Scheduler::handle`]. Calls after the scheduler shut down fail with
+/// [`Error::ShuttingDown`] (or do nothing, for [`refresh`](Self::refresh)).
+#[derive(Debug, Clone)]
+pub struct SchedulerHandle {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<engine::Command>,
 }
 
-impl Scheduler {
-    /// A builder with the store and the executor.
-    pub fn builder(store: Arc<dyn Store>, executor: impl Executor) -> SchedulerBuilder {
-        SchedulerBuilder::new(store, Arc::new(executor))
-    }
-
-    /// This scheduler's node id.
+impl SchedulerHandle {
+    /// The scheduler's node id.
     pub fn node_id(&self) -> &str {
         &self.shared.config.node
     }
@@ -231,13 +225,61 @@ impl Scheduler {
     /// write through this process): it is rescheduled within milliseconds,
     /// without waiting for the change feed.
     pub async fn refresh(&self, tenant: &str, task_id: TaskId) {
-        let _ = self
-            .commands
-            .send(engine::Command::Refresh {
-                tenant: tenant.to_owned(),
-                task_id,
-            })
-            .await;
+        refresh(&self.commands, tenant, task_id).await;
+    }
+}
+
+async fn refresh(commands: &mpsc::Sender<engine::Command>, tenant: &str, task_id: TaskId) {
+    let _ = commands
+        .send(engine::Command::Refresh {
+            tenant: tenant.to_owned(),
+            task_id,
+        })
+        .await;
+}
+
+/// What [`Scheduler::shutdown`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Runs that finished before the deadline.
+    pub finished: usize,
+    /// Runs cancelled at the deadline and recorded `abandoned`.
+    pub abandoned: usize,
+}
+
+impl Scheduler {
+    /// A builder with the store and the executor.
+    pub fn builder(store: Arc<dyn Store>, executor: impl Executor) -> SchedulerBuilder {
+        SchedulerBuilder::new(store, Arc::new(executor))
+    }
+
+    /// A cloneable handle for the parts of the scheduler that other
+    /// components (an HTTP adapter, say) call while it runs.
+    pub fn handle(&self) -> SchedulerHandle {
+        SchedulerHandle {
+            shared: self.shared.clone(),
+            commands: self.commands.clone(),
+        }
+    }
+
+    /// This scheduler's node id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.config.node
+    }
+
+    /// Runs a task now; see [`SchedulerHandle::trigger_now`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SchedulerHandle::trigger_now`].
+    pub async fn trigger_now(&self, tenant: &str, task_id: TaskId) -> Result<ClaimOutcome, Error> {
+        self.shared.trigger_now(tenant, task_id).await
+    }
+
+    /// Asks the engine to look at a task now; see [`SchedulerHandle::refresh`].
+    pub async fn refresh(&self, tenant: &str, task_id: TaskId) {
+        refresh(&self.commands, tenant, task_id).await;
     }
 
     /// Stops claiming, waits up to `deadline` for runs in flight, then
