@@ -375,7 +375,7 @@ fn compile(
     run_at: Option<DateTime<Utc>>,
     timezone: &str,
 ) -> Result<Schedule, Error> {
-    let tz = parse_timezone(timezone).map_err(|e| Error::invalid("timezone", e.to_string()))?;
+    let tz = parse_timezone(timezone).map_err(Error::InvalidSchedule)?;
     match (schedule, run_at) {
         (Some(expr), None) => Schedule::cron(expr, tz).map_err(Error::InvalidSchedule),
         (None, Some(at)) => Ok(Schedule::once(at)),
@@ -835,6 +835,9 @@ mod tests {
     fn field_of(e: Error) -> String {
         match e {
             Error::Invalid { field, .. } => field,
+            Error::InvalidSchedule(crate::ScheduleError::UnknownTimeZone { .. }) => {
+                "timezone".to_owned()
+            }
             Error::InvalidSchedule(_) => "schedule".to_owned(),
             other => panic!("not a validation error: {other}"),
         }

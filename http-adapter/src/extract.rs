@@ -159,7 +159,7 @@ where
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                format!("the request body is over {MAX_BODY_BYTES} bytes"),
+                format!("the request body is over 256 KiB ({MAX_BODY_BYTES} bytes)"),
             )
             .with("limit", MAX_BODY_BYTES)
         };
@@ -227,8 +227,27 @@ fn check_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Decodes a JSON body, naming the failing field.
+/// Decodes a JSON object body, naming the failing field.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        // Structs also deserialize from arrays; a body must be an object.
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+            let kind = match value {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Bool(_) => "a boolean",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::Object(_) => "an object",
+            };
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                format!("request body: must be a JSON object, got {kind}"),
+            ));
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
