@@ -43,8 +43,3 @@ pub use schedule::{Cron, Field, Reason, Schedule, ScheduleError, Upcoming, parse
 pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle, ShutdownReport};
 pub use store::{MemoryStore, Store};
 pub use wheel::{TimerKey, TimingWheel};
-
-/// The README's examples compile and run as doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;

@@ -206,3 +206,9 @@ fn on_panic(_panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::
     use axum::response::IntoResponse;
     ApiError::internal(&"a request handler panicked").into_response()
 }
+
+/// The README's examples compile (and those not marked `no_run` run) as
+/// doc tests of this crate, which can reach every crate they use.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
