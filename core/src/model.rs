@@ -784,10 +784,31 @@ impl Execution {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Self {
+        Self::start_for(
+            (task.id, &task.tenant),
+            scheduled_for,
+            attempt,
+            trigger,
+            node,
+            now,
+            lease_until,
+        )
+    }
+
+    /// [`Execution::start`] for a task known by its id and tenant.
+    pub(crate) fn start_for(
+        (task_id, tenant): (TaskId, &str),
+        scheduled_for: DateTime<Utc>,
+        attempt: u32,
+        trigger: Trigger,
+        node: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Self {
         Self {
             id: ExecutionId::new(),
-            task_id: task.id,
-            tenant: task.tenant.clone(),
+            task_id,
+            tenant: tenant.to_owned(),
             scheduled_for,
             started_at: now,
             finished_at: None,

@@ -9,6 +9,10 @@
 //! - each task's executions by `(scheduled_for, attempt)`, which is also the
 //!   uniqueness key, trimmed to the retention limit as new ones arrive.
 //!
+//! Tasks are kept packed ([`Row`]: the claim's fields plain, the text in one
+//! allocation), and a task's run state is allocated at its first execution,
+//! so a million idle tasks cost about 200 bytes each plus their text.
+//!
 //! Nothing survives the process: use the PostgreSQL or Redis store to share
 //! tasks between processes or keep them across restarts.
 
@@ -19,6 +23,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
+use super::row::Row;
 use super::{
     Change, ChangeFeed, Claim, ClaimKind, ClaimOutcome, DEFAULT_RETENTION, ExecutionPage,
     ExecutionQuery, Finish, FinishOutcome, MAX_PAGE, Recovered, Store, TaskPage,
@@ -71,7 +76,14 @@ struct Inner {
 
 #[derive(Debug)]
 struct TaskRec {
-    task: Task,
+    row: Row,
+    /// Allocated at the task's first execution.
+    run: Option<Box<RunState>>,
+}
+
+/// A task's executions and overlap state.
+#[derive(Debug, Default)]
+struct RunState {
     /// Boxed: many tasks firing in lockstep split their maps' nodes in the
     /// same second, and nodes holding whole executions made that a burst of
     /// hundreds of MB; with boxes a node is a few hundred bytes.
@@ -79,6 +91,38 @@ struct TaskRec {
     running: Vec<ExecutionId>,
     /// The occurrence waiting for the running one (`overlap: queue_one`).
     queued: Option<Queued>,
+}
+
+/// The run state of a task that never ran.
+static NO_RUNS: RunState = RunState {
+    executions: BTreeMap::new(),
+    running: Vec::new(),
+    queued: None,
+};
+
+impl TaskRec {
+    fn new(task: &Task) -> Result<Self, Error> {
+        Ok(Self {
+            row: Row::new(task)?,
+            run: None,
+        })
+    }
+
+    fn runs(&self) -> &RunState {
+        self.run.as_deref().unwrap_or(&NO_RUNS)
+    }
+
+    fn runs_mut(&mut self) -> &mut RunState {
+        self.run.get_or_insert_with(Box::default)
+    }
+
+    fn execution_mut(&mut self, key: &ExecKey) -> Option<&mut Execution> {
+        self.run
+            .as_deref_mut()?
+            .executions
+            .get_mut(key)
+            .map(|e| &mut **e)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -134,20 +178,20 @@ impl MemoryStore {
 impl Inner {
     fn owned(&self, tenant: &str, id: TaskId) -> Result<&TaskRec, Error> {
         match self.tasks.get(&id) {
-            Some(rec) if rec.task.tenant == tenant => Ok(rec),
+            Some(rec) if rec.row.tenant() == tenant => Ok(rec),
             _ => Err(Error::task_not_found(id)),
         }
     }
 
-    fn index_due(&mut self, task: &Task) {
-        if let (true, Some(next)) = (task.enabled, task.next_run) {
-            self.due.insert((next, task.id));
+    fn index_due(&mut self, id: TaskId, enabled: bool, next_run: Option<DateTime<Utc>>) {
+        if let (true, Some(next)) = (enabled, next_run) {
+            self.due.insert((next, id));
         }
     }
 
-    fn unindex_due(&mut self, task: &Task) {
-        if let Some(next) = task.next_run {
-            self.due.remove(&(next, task.id));
+    fn unindex_due(&mut self, id: TaskId, next_run: Option<DateTime<Utc>>) {
+        if let Some(next) = next_run {
+            self.due.remove(&(next, id));
         }
     }
 
@@ -157,17 +201,18 @@ impl Inner {
         let Some(rec) = self.tasks.get_mut(&task_id) else {
             return false;
         };
-        if rec.executions.contains_key(&key) {
+        let runs = rec.runs_mut();
+        if runs.executions.contains_key(&key) {
             return false;
         }
         if e.status == ExecutionStatus::Running {
-            rec.running.push(e.id);
+            runs.running.push(e.id);
             if let Some(until) = e.lease_until {
                 self.leases.insert((until, e.id));
             }
             self.live.insert(e.id, (task_id, key));
         }
-        rec.executions.insert(key, Box::new(e));
+        runs.executions.insert(key, Box::new(e));
         self.trim(task_id);
         true
     }
@@ -175,14 +220,18 @@ impl Inner {
     /// Drops the oldest finished executions beyond the retention limit.
     fn trim(&mut self, task_id: TaskId) {
         let retention = self.retention;
-        let Some(rec) = self.tasks.get_mut(&task_id) else {
+        let Some(runs) = self
+            .tasks
+            .get_mut(&task_id)
+            .and_then(|r| r.run.as_deref_mut())
+        else {
             return;
         };
-        if rec.executions.len() <= retention {
+        if runs.executions.len() <= retention {
             return;
         }
-        let excess = rec.executions.len() - retention;
-        let doomed: Vec<ExecKey> = rec
+        let excess = runs.executions.len() - retention;
+        let doomed: Vec<ExecKey> = runs
             .executions
             .iter()
             .filter(|(_, e)| e.status.is_final() && e.retry_at.is_none())
@@ -190,7 +239,7 @@ impl Inner {
             .map(|(k, _)| *k)
             .collect();
         for key in doomed {
-            rec.executions.remove(&key);
+            runs.executions.remove(&key);
         }
     }
 
@@ -204,8 +253,8 @@ impl Inner {
         finished_at: DateTime<Utc>,
         error: Option<String>,
     ) -> Option<Execution> {
-        let rec = self.tasks.get_mut(&task_id)?;
-        let e = rec.executions.get_mut(&key)?;
+        let runs = self.tasks.get_mut(&task_id)?.run.as_deref_mut()?;
+        let e = runs.executions.get_mut(&key)?;
         debug_assert_eq!(
             e.status,
             ExecutionStatus::Running,
@@ -221,7 +270,7 @@ impl Inner {
         e.duration_ms = Some(duration_ms(e.started_at, finished_at));
         e.error = error;
         let id = e.id;
-        rec.running.retain(|r| *r != id);
+        runs.running.retain(|r| *r != id);
         self.live.remove(&id);
         Some((**e).clone())
     }
@@ -231,7 +280,7 @@ impl Inner {
         if let Some(e) = self
             .tasks
             .get_mut(&task_id)
-            .and_then(|r| r.executions.get_mut(&key))
+            .and_then(|r| r.execution_mut(&key))
         {
             e.retry_at = Some(retry_at);
             self.retries.insert((retry_at, e.id));
@@ -244,11 +293,10 @@ impl Inner {
         let Some(rec) = self.tasks.get_mut(&task_id) else {
             return;
         };
-        let task = &mut rec.task;
-        if task.schedule.is_some() || e.trigger == Trigger::Manual || e.retry_at.is_some() {
+        if rec.row.has_schedule() || e.trigger == Trigger::Manual || e.retry_at.is_some() {
             return;
         }
-        task.status = if e.status == ExecutionStatus::Succeeded {
+        rec.row.status = if e.status == ExecutionStatus::Succeeded {
             TaskStatus::Completed
         } else {
             TaskStatus::Failed
@@ -264,12 +312,13 @@ impl Inner {
         lease_until: DateTime<Utc>,
     ) -> Option<Execution> {
         let rec = self.tasks.get_mut(&task_id)?;
-        if !rec.running.is_empty() {
+        let runs = rec.run.as_deref_mut()?;
+        if !runs.running.is_empty() {
             return None;
         }
-        let q = rec.queued.take()?;
-        let e = Execution::start(
-            &rec.task,
+        let q = runs.queued.take()?;
+        let e = Execution::start_for(
+            (task_id, rec.row.tenant()),
             q.scheduled_for,
             q.attempt,
             q.trigger,
@@ -277,7 +326,7 @@ impl Inner {
             now,
             lease_until,
         );
-        rec.task.last_run = Some(now);
+        rec.row.last_run = Some(now);
         self.insert_execution(task_id, e.clone()).then_some(e)
     }
 
@@ -299,7 +348,7 @@ impl Inner {
                 expected_version,
                 new_next_run,
             } => {
-                let t = &rec.task;
+                let t = &rec.row;
                 if !t.enabled
                     || t.next_run != Some(expected_next_run)
                     || t.version != expected_version
@@ -309,7 +358,15 @@ impl Inner {
                 let missed: Vec<Execution> = missed
                     .into_iter()
                     .map(|at| {
-                        let mut m = Execution::start(t, at, 1, Trigger::Schedule, &node, now, now);
+                        let mut m = Execution::start_for(
+                            (task_id, t.tenant()),
+                            at,
+                            1,
+                            Trigger::Schedule,
+                            &node,
+                            now,
+                            now,
+                        );
                         m.status = ExecutionStatus::Missed;
                         m.lease_until = None;
                         m.finished_at = Some(now);
@@ -322,7 +379,7 @@ impl Inner {
                     self.due.insert((next, task_id));
                 }
                 if let Some(rec) = self.tasks.get_mut(&task_id) {
-                    rec.task.next_run = new_next_run;
+                    rec.row.next_run = new_next_run;
                 }
                 for m in missed {
                     self.insert_execution(task_id, m);
@@ -331,6 +388,7 @@ impl Inner {
             ClaimKind::Retry { failed } => {
                 let awaiting = match self.live.get(&failed) {
                     Some(&(owner, key)) if owner == task_id => rec
+                        .runs()
                         .executions
                         .get(&key)
                         .and_then(|e| e.retry_at)
@@ -345,7 +403,7 @@ impl Inner {
                 if let Some(e) = self
                     .tasks
                     .get_mut(&task_id)
-                    .and_then(|r| r.executions.get_mut(&key))
+                    .and_then(|r| r.execution_mut(&key))
                 {
                     e.retry_at = None;
                 }
@@ -366,11 +424,11 @@ impl Inner {
         };
         let now = execution.started_at;
         let mut replaced = Vec::new();
-        if !rec.running.is_empty() {
-            match rec.task.policy.overlap {
+        if !rec.runs().running.is_empty() {
+            match rec.row.policy.overlap {
                 Overlap::Allow => {}
-                Overlap::QueueOne if rec.queued.is_none() => {
-                    rec.queued = Some(Queued {
+                Overlap::QueueOne if rec.runs().queued.is_none() => {
+                    rec.runs_mut().queued = Some(Queued {
                         scheduled_for: execution.scheduled_for,
                         attempt: execution.attempt,
                         trigger: execution.trigger,
@@ -391,7 +449,7 @@ impl Inner {
                     };
                 }
                 Overlap::Replace => {
-                    let running: Vec<ExecutionId> = rec.running.clone();
+                    let running: Vec<ExecutionId> = rec.runs().running.clone();
                     let at = execution.scheduled_for;
                     for id in running {
                         if let Some(&(_, key)) = self.live.get(&id) {
@@ -413,7 +471,7 @@ impl Inner {
             return self.lost(task_id);
         }
         if let Some(rec) = self.tasks.get_mut(&task_id) {
-            rec.task.last_run = Some(now);
+            rec.row.last_run = Some(now);
         }
         if replaced.is_empty() {
             ClaimOutcome::Started(execution)
@@ -427,7 +485,7 @@ impl Inner {
 
     fn lost(&self, task_id: TaskId) -> ClaimOutcome {
         ClaimOutcome::Lost {
-            current: self.tasks.get(&task_id).map(|r| Box::new(r.task.clone())),
+            current: self.tasks.get(&task_id).map(|r| Box::new(r.row.task())),
         }
     }
 }
@@ -443,7 +501,8 @@ impl Store for MemoryStore {
         if inner.tasks.contains_key(&task.id) {
             return Err(Error::conflict(format!("task {} already exists", task.id)));
         }
-        inner.index_due(&task);
+        let rec = TaskRec::new(&task)?;
+        inner.index_due(task.id, task.enabled, task.next_run);
         match inner.by_tenant.get_mut(&task.tenant) {
             Some(ids) => {
                 ids.insert(task.id);
@@ -454,15 +513,7 @@ impl Store for MemoryStore {
                     .insert(task.tenant.clone(), BTreeSet::from([task.id]));
             }
         }
-        inner.tasks.insert(
-            task.id,
-            Box::new(TaskRec {
-                task: task.clone(),
-                executions: BTreeMap::new(),
-                running: Vec::new(),
-                queued: None,
-            }),
-        );
+        inner.tasks.insert(task.id, Box::new(rec));
         drop(inner);
         self.notify(Change::Upserted {
             tenant: task.tenant.clone(),
@@ -474,7 +525,7 @@ impl Store for MemoryStore {
     }
 
     async fn get_task(&self, tenant: &str, id: TaskId) -> Result<Task, Error> {
-        Ok(self.lock().owned(tenant, id)?.task.clone())
+        Ok(self.lock().owned(tenant, id)?.row.task())
     }
 
     async fn list_tasks(&self, tenant: &str, page: TaskPage) -> Result<Vec<Task>, Error> {
@@ -491,7 +542,7 @@ impl Store for MemoryStore {
         };
         Ok(range
             .take(limit)
-            .filter_map(|id| inner.tasks.get(id).map(|r| r.task.clone()))
+            .filter_map(|id| inner.tasks.get(id).map(|r| r.row.task()))
             .collect())
     }
 
@@ -504,7 +555,7 @@ impl Store for MemoryStore {
         now: DateTime<Utc>,
     ) -> Result<Task, Error> {
         let mut inner = self.lock();
-        let old = inner.owned(tenant, id)?.task.clone();
+        let old = inner.owned(tenant, id)?.row.task();
         if expected_version.is_some_and(|v| v != old.version) {
             return Err(Error::conflict(format!(
                 "task {id} is at version {}, not {}",
@@ -513,10 +564,11 @@ impl Store for MemoryStore {
             )));
         }
         let updated = patch.apply(&old, now)?;
-        inner.unindex_due(&old);
-        inner.index_due(&updated);
+        let row = Row::new(&updated)?;
+        inner.unindex_due(id, old.next_run);
+        inner.index_due(id, updated.enabled, updated.next_run);
         if let Some(rec) = inner.tasks.get_mut(&id) {
-            rec.task = updated.clone();
+            rec.row = row;
         }
         drop(inner);
         self.notify(Change::Upserted {
@@ -532,14 +584,14 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         inner.owned(tenant, id)?;
         let rec = inner.tasks.remove(&id).expect("checked above");
-        inner.unindex_due(&rec.task);
+        inner.unindex_due(id, rec.row.next_run);
         if let Some(ids) = inner.by_tenant.get_mut(tenant) {
             ids.remove(&id);
             if ids.is_empty() {
                 inner.by_tenant.remove(tenant);
             }
         }
-        for e in rec.executions.values() {
+        for e in rec.runs().executions.values() {
             if inner.live.remove(&e.id).is_some() {
                 if let Some(until) = e.lease_until {
                     inner.leases.remove(&(until, e.id));
@@ -574,7 +626,7 @@ impl Store for MemoryStore {
             .due
             .range((lower, upper))
             .take(limit)
-            .filter_map(|(_, id)| inner.tasks.get(id).map(|r| r.task.clone()))
+            .filter_map(|(_, id)| inner.tasks.get(id).map(|r| r.row.task()))
             .collect())
     }
 
@@ -594,6 +646,7 @@ impl Store for MemoryStore {
                 inner
                     .tasks
                     .get(task_id)?
+                    .runs()
                     .executions
                     .get(key)
                     .map(|e| (**e).clone())
@@ -621,7 +674,7 @@ impl Store for MemoryStore {
         let Some(e) = inner
             .tasks
             .get_mut(&task_id)
-            .and_then(|r| r.executions.get_mut(&key))
+            .and_then(|r| r.execution_mut(&key))
         else {
             return Err(Error::conflict(format!(
                 "execution {id} is no longer running"
@@ -649,7 +702,7 @@ impl Store for MemoryStore {
         let e = inner
             .tasks
             .get(&task_id)
-            .and_then(|r| r.executions.get(&key));
+            .and_then(|r| r.runs().executions.get(&key));
         match e {
             Some(e) if e.status == ExecutionStatus::Running && e.fence == f.fence => {}
             _ => {
@@ -672,7 +725,7 @@ impl Store for MemoryStore {
         if let Some(e) = inner
             .tasks
             .get_mut(&task_id)
-            .and_then(|r| r.executions.get_mut(&key))
+            .and_then(|r| r.execution_mut(&key))
         {
             e.output = f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES));
         }
@@ -714,7 +767,7 @@ impl Store for MemoryStore {
             else {
                 continue;
             };
-            let policy = inner.tasks[&task_id].task.policy;
+            let policy = inner.tasks[&task_id].row.policy;
             if e.attempt <= policy.max_retries {
                 let at = now + policy.backoff(e.attempt);
                 inner.await_retry(task_id, key, at);
@@ -738,7 +791,8 @@ impl Store for MemoryStore {
         let inner = self.lock();
         let rec = inner.owned(tenant, task_id)?;
         let matching = || {
-            rec.executions
+            rec.runs()
+                .executions
                 .values()
                 .rev()
                 .filter(|e| query.status.is_none_or(|s| e.status == s))

@@ -25,6 +25,7 @@
 //! task) does not bump it, so optimistic updates of busy tasks still succeed.
 
 mod memory;
+mod row;
 
 #[cfg(feature = "test-utils")]
 pub mod conformance;
