@@ -15,6 +15,8 @@
 //!   is generated and printed.
 //! - `TICKWHEEL_NODE_ID`: this instance's name in execution records
 //!   (default `HOST-PID`).
+//! - `TICKWHEEL_LEASE_MS`: how long a run's lease lasts before another
+//!   instance may take it over (default 30000; renewed every third of it).
 //! - `RUST_LOG`: log filter (default `info`).
 //!
 //! Each run is logged; when the task's notification method is `Http`, the
@@ -80,8 +82,20 @@ async fn main() -> Result<()> {
     }
     let node = env("TICKWHEEL_NODE_ID").unwrap_or_else(default_node_id);
 
+    let lease = match env("TICKWHEEL_LEASE_MS") {
+        Some(ms) => Duration::from_millis(
+            ms.parse::<u64>()
+                .ok()
+                .filter(|ms| *ms >= 100)
+                .with_context(|| {
+                    format!("TICKWHEEL_LEASE_MS={ms:?}: expected milliseconds, at least 100")
+                })?,
+        ),
+        None => Duration::from_secs(30),
+    };
     let scheduler = Scheduler::builder(store.clone(), Notifier::new())
         .node_id(node.clone())
+        .lease(lease)
         .start();
     let state = ApiState::new(store, Arc::new(keys)).with_scheduler(scheduler.handle());
     let app = Router::new()
