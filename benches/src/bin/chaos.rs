@@ -493,12 +493,13 @@ async fn audit(
                     Some("running") => r.violations.push(format!(
                         "task {id}: occurrence {t} attempt {attempt} still running after the drain"
                     )),
-                    Some("succeeded") if attempt == max_attempt => {
-                        if !delivered.contains_key(&(id.clone(), ms, attempt)) {
-                            r.violations.push(format!(
-                                "task {id}: occurrence {t} succeeded but the collector never saw it"
-                            ));
-                        }
+                    Some("succeeded")
+                        if attempt == max_attempt
+                            && !delivered.contains_key(&(id.clone(), ms, attempt)) =>
+                    {
+                        r.violations.push(format!(
+                            "task {id}: occurrence {t} succeeded but the collector never saw it"
+                        ));
                     }
                     _ => {}
                 }
