@@ -44,3 +44,31 @@ pub fn conformance_store() -> Option<impl Future<Output = PgStore>> {
             .expect("connect to the test server")
     })
 }
+
+/// `url` with an `application_name`, so a test can find (and terminate)
+/// exactly its own connections in `pg_stat_activity`.
+pub fn with_app_name(url: &str, name: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}application_name={name}")
+}
+
+/// Terminates every backend whose application name is `name`; returns how many.
+pub async fn terminate_backends(url: &str, name: &str) -> i64 {
+    let admin = PgStore::builder()
+        .schema(fresh_schema())
+        .migrate(false)
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("admin connection");
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .fetch_one(admin.pool())
+    .await
+    .expect("terminate backends");
+    admin.pool().close().await;
+    n
+}
