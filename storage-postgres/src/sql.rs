@@ -237,6 +237,10 @@ tr AS (
         FROM o LEFT JOIN added a ON a.task_id = o.task_id
         CROSS JOIN LATERAL (
             SELECT e2.id FROM {s}.executions e2
+            -- Finished and not awaiting a retry as of the statement's
+            -- snapshot: rows this statement itself changes (a retried
+            -- attempt, replaced runs) cannot also be deleted by it, so they
+            -- wait for a later trim.
             WHERE e2.task_id = o.task_id AND e2.status <> 'running' AND e2.retry_at IS NULL
             ORDER BY e2.scheduled_for, e2.attempt
             LIMIT GREATEST(0, o.n_executions + COALESCE(a.n, 0) - $21)) old
@@ -303,6 +307,8 @@ tr AS (
         SELECT old.id FROM l JOIN f ON true
         CROSS JOIN LATERAL (
             SELECT e2.id FROM {s}.executions e2
+            -- As in the claim: the execution this statement finishes is
+            -- trimmed by a later one.
             WHERE e2.task_id = l.id AND e2.status <> 'running' AND e2.retry_at IS NULL
             ORDER BY e2.scheduled_for, e2.attempt
             LIMIT GREATEST(0, l.n_executions + (SELECT count(*) FROM q) - $11)) old
