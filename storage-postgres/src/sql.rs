@@ -270,65 +270,95 @@ SELECT d.i, d.found IS NOT NULL AS found, d.won, o.outcome,
 FROM d LEFT JOIN o ON o.i = d.i LEFT JOIN l ON l.id = d.task_id
 ORDER BY d.i";
 
-/// Records a run's result (fenced), ends a one-time task, starts the queued
-/// occurrence if nothing else of the task runs, trims history.
+/// Records runs' results (each fenced), ends one-time tasks, starts queued
+/// occurrences whose task has nothing else running, trims history: one
+/// statement for a batch of finishes.
 ///
-/// `$1` execution, `$2` fence, `$3` status, `$4` finished at, `$5` error,
-/// `$6` output, `$7` retry at, `$8` node, `$9` lease for a queued start,
-/// `$10` its id, `$11` retention, `$12` the count that triggers a trim.
+/// Inputs are parallel arrays, one element per finish: `$1` execution,
+/// `$2` fence, `$3` status, `$4` finished at, `$5` error, `$6` output,
+/// `$7` retry at, `$8` node, `$9` lease for a queued start, `$10` its id;
+/// then `$11` retention and `$12` the count that triggers a trim.
+///
+/// Finishes of the same task are folded as if applied in order: the task's
+/// status is settled by the last one that settles it, and a queued
+/// occurrence starts for the last one (the one that leaves nothing running).
 const FINISH: &str = "
-WITH l AS (
+WITH f0 AS (
+    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::timestamptz[], $5::text[],
+        $6::text[], $7::timestamptz[], $8::text[], $9::timestamptz[], $10::uuid[])
+    WITH ORDINALITY AS f0(id, fence, status, finished_at, error, output, retry_at, node,
+        lease_until, queued_id, i)
+),
+l AS (
     SELECT t.* FROM {s}.tasks t
-    WHERE t.id = (SELECT task_id FROM {s}.executions WHERE id = $1)
-    FOR UPDATE
+    WHERE t.id IN (SELECT e.task_id FROM {s}.executions e WHERE e.id IN (SELECT id FROM f0))
+    ORDER BY t.id FOR UPDATE
 ),
 f AS (
-    UPDATE {s}.executions e SET status = $3, fence = e.fence + 1, finished_at = $4,
-        duration_ms = GREATEST(0, floor(extract(epoch FROM $4 - e.started_at) * 1000))::int8,
-        error = $5, output = $6, lease_until = NULL, retry_at = $7
-    FROM l WHERE e.id = $1 AND e.task_id = l.id AND e.status = 'running' AND e.fence = $2
-    RETURNING e.task_id, e.trigger
+    UPDATE {s}.executions e SET status = f0.status, fence = e.fence + 1,
+        finished_at = f0.finished_at,
+        duration_ms = GREATEST(0, floor(extract(epoch FROM f0.finished_at - e.started_at) * 1000))::int8,
+        error = f0.error, output = f0.output, lease_until = NULL, retry_at = f0.retry_at
+    FROM f0, l
+    WHERE e.id = f0.id AND e.task_id = l.id AND e.status = 'running' AND e.fence = f0.fence
+    RETURNING f0.i, e.id, e.task_id, e.trigger, f0.status, f0.retry_at
+),
+g AS (
+    SELECT task_id, array_agg(id) AS ids, max(i) AS last_i,
+        (array_agg(CASE WHEN status = 'succeeded' THEN 'completed' ELSE 'failed' END
+            ORDER BY i DESC) FILTER (WHERE trigger <> 'manual' AND retry_at IS NULL))[1]
+            AS settled
+    FROM f GROUP BY task_id
 ),
 take AS (
-    SELECT l.* FROM l JOIN f ON true
-    WHERE l.queued_for IS NOT NULL AND cardinality(array_remove(l.running, $1)) = 0
+    SELECT l.id, l.tenant, l.queued_for, l.queued_attempt, l.queued_trigger, f0.i,
+        f0.queued_id, f0.finished_at, f0.node, f0.lease_until
+    FROM l JOIN g ON g.task_id = l.id JOIN f0 ON f0.i = g.last_i
+    WHERE l.queued_for IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM unnest(l.running) r WHERE r <> ALL (g.ids))
 ),
 q AS (
     INSERT INTO {s}.executions (id, task_id, tenant, scheduled_for, started_at, attempt,
         status, node, trigger, lease_until, fence)
-    SELECT $10, take.id, take.tenant, take.queued_for, $4, take.queued_attempt, 'running', $8,
-        take.queued_trigger, $9, 1
+    SELECT queued_id, id, tenant, queued_for, finished_at, queued_attempt, 'running', node,
+        queued_trigger, lease_until, 1
     FROM take
     ON CONFLICT DO NOTHING
     RETURNING {execution_columns}
 ),
 tr AS (
     DELETE FROM {s}.executions e USING (
-        SELECT old.id FROM l JOIN f ON true
+        SELECT old.id, l.id AS task_id FROM l JOIN g ON g.task_id = l.id
+        CROSS JOIN LATERAL (SELECT count(*) AS n FROM q WHERE q.task_id = l.id) added
         CROSS JOIN LATERAL (
+            -- As in the claim: what this statement finishes is trimmed by
+            -- a later one.
             SELECT e2.id FROM {s}.executions e2
-            -- As in the claim: the execution this statement finishes is
-            -- trimmed by a later one.
             WHERE e2.task_id = l.id AND e2.status <> 'running' AND e2.retry_at IS NULL
             ORDER BY e2.scheduled_for, e2.attempt
-            LIMIT GREATEST(0, l.n_executions + (SELECT count(*) FROM q) - $11)) old
-        WHERE l.n_executions + (SELECT count(*) FROM q) > $12) z
+            LIMIT GREATEST(0, l.n_executions + added.n - $11)) old
+        WHERE l.n_executions + added.n > $12) z
     WHERE e.id = z.id
-    RETURNING e.id
+    RETURNING z.task_id
 ),
 u AS (
     UPDATE {s}.tasks t SET
-        running = array_remove(t.running, $1) || ARRAY(SELECT q.id FROM q),
-        status = CASE WHEN t.schedule IS NULL AND f.trigger <> 'manual' AND $7 IS NULL
-            THEN CASE WHEN $3 = 'succeeded' THEN 'completed' ELSE 'failed' END
+        running = ARRAY(SELECT r FROM unnest(t.running) r WHERE r <> ALL (g.ids))
+            || ARRAY(SELECT q.id FROM q WHERE q.task_id = t.id),
+        status = CASE WHEN t.schedule IS NULL AND g.settled IS NOT NULL THEN g.settled
             ELSE t.status END,
-        queued_for = CASE WHEN EXISTS (SELECT 1 FROM take) THEN NULL ELSE t.queued_for END,
-        queued_attempt = CASE WHEN EXISTS (SELECT 1 FROM take) THEN NULL ELSE t.queued_attempt END,
-        queued_trigger = CASE WHEN EXISTS (SELECT 1 FROM take) THEN NULL ELSE t.queued_trigger END,
-        last_run = CASE WHEN EXISTS (SELECT 1 FROM take) THEN $4 ELSE t.last_run END,
-        n_executions = t.n_executions + (SELECT count(*) FROM q) - (SELECT count(*) FROM tr)
-    FROM f WHERE t.id = f.task_id
+        queued_for = CASE WHEN take.id IS NOT NULL THEN NULL ELSE t.queued_for END,
+        queued_attempt = CASE WHEN take.id IS NOT NULL THEN NULL ELSE t.queued_attempt END,
+        queued_trigger = CASE WHEN take.id IS NOT NULL THEN NULL ELSE t.queued_trigger END,
+        last_run = CASE WHEN take.id IS NOT NULL THEN take.finished_at ELSE t.last_run END,
+        n_executions = t.n_executions + (SELECT count(*) FROM q WHERE q.task_id = t.id)
+            - (SELECT count(*) FROM tr WHERE tr.task_id = t.id)
+    FROM g LEFT JOIN take ON take.id = g.task_id
+    WHERE t.id = g.task_id
     RETURNING t.id
 )
-SELECT (SELECT count(*) FROM f) AS finished, (SELECT count(*) FROM u) AS updated, q.*
-FROM (SELECT 1) one LEFT JOIN q ON true";
+SELECT f0.i, f.i IS NOT NULL AS finished, q.*
+FROM f0 LEFT JOIN f ON f.i = f0.i
+    LEFT JOIN take ON take.i = f0.i
+    LEFT JOIN q ON q.id = take.queued_id
+ORDER BY f0.i";

@@ -1,6 +1,7 @@
 //! [`Store`] for [`PgStore`](crate::PgStore).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -16,6 +17,7 @@ use tickwheel::{
     Error, Execution, ExecutionId, ExecutionStatus, Policy, Store, Task, TaskId, TaskPatch,
     TaskStatus, Trigger,
 };
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::error::{db_err, is_retryable_race};
@@ -28,6 +30,156 @@ use crate::sql::Sql;
 
 /// Attempts of a statement that hit a deadlock or serialization failure.
 const RACE_ATTEMPTS: usize = 3;
+/// Most finishes applied by one statement.
+const FINISH_BATCH: usize = 256;
+/// Most statements recording finishes at once.
+const FINISH_WORKERS: u32 = 4;
+
+/// A finish, checked and converted, waiting for its batch.
+#[derive(Debug)]
+struct FinishJob {
+    id: Uuid,
+    fence: i64,
+    status: String,
+    finished_at: DateTime<Utc>,
+    error: Option<String>,
+    output: Option<String>,
+    retry_at: Option<DateTime<Utc>>,
+    node: String,
+    lease_until: DateTime<Utc>,
+    queued_id: Uuid,
+    reply: oneshot::Sender<Result<FinishOutcome, Error>>,
+}
+
+/// Records finishes in batches: whatever calls arrived while the previous
+/// statement ran go into the next one, so concurrent runs share one round
+/// trip and one commit (and its WAL flush). Each caller still gets its own
+/// answer, after its batch committed. Ends when the store is dropped.
+async fn finish_worker(
+    pool: PgPool,
+    sql: Arc<Sql>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<FinishJob>>>,
+    (retention, trim_at): (i64, i64),
+) {
+    loop {
+        let batch = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < FINISH_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let result = finish_batch(&pool, &sql, &batch, retention, trim_at).await;
+        match result {
+            Ok(mut outcomes) => {
+                for job in batch.into_iter().rev() {
+                    let outcome = outcomes.pop().unwrap_or_else(|| {
+                        Err(crate::error::corrupt("finish returned too few rows"))
+                    });
+                    let _ = job.reply.send(outcome);
+                }
+            }
+            Err(err) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(replicate(&err)));
+                }
+            }
+        }
+    }
+}
+
+/// The same error for each caller of a failed batch.
+fn replicate(err: &Error) -> Error {
+    match err {
+        Error::Unavailable { backend, source } => Error::Unavailable {
+            backend,
+            source: source.to_string().into(),
+        },
+        Error::Conflict { message } => Error::conflict(message.clone()),
+        Error::Invalid { field, message } => Error::invalid(field.clone(), message.clone()),
+        other => Error::Backend {
+            backend: crate::error::BACKEND,
+            source: other.to_string().into(),
+        },
+    }
+}
+
+async fn finish_batch(
+    pool: &PgPool,
+    sql: &Sql,
+    batch: &[FinishJob],
+    retention: i64,
+    trim_at: i64,
+) -> Result<Vec<Result<FinishOutcome, Error>>, Error> {
+    let col = |f: &dyn Fn(&FinishJob) -> Uuid| batch.iter().map(f).collect::<Vec<_>>();
+    let (ids, queued_ids) = (col(&|j| j.id), col(&|j| j.queued_id));
+    let fences: Vec<i64> = batch.iter().map(|j| j.fence).collect();
+    let statuses: Vec<&str> = batch.iter().map(|j| j.status.as_str()).collect();
+    let finished_at: Vec<DateTime<Utc>> = batch.iter().map(|j| j.finished_at).collect();
+    let errors: Vec<Option<&str>> = batch.iter().map(|j| j.error.as_deref()).collect();
+    let outputs: Vec<Option<&str>> = batch.iter().map(|j| j.output.as_deref()).collect();
+    let retry_at: Vec<Option<DateTime<Utc>>> = batch.iter().map(|j| j.retry_at).collect();
+    let nodes: Vec<&str> = batch.iter().map(|j| j.node.as_str()).collect();
+    let leases: Vec<DateTime<Utc>> = batch.iter().map(|j| j.lease_until).collect();
+    let mut attempt = 0;
+    let rows = loop {
+        attempt += 1;
+        let result = sqlx::query(&sql.finish)
+            .bind(&ids)
+            .bind(&fences)
+            .bind(&statuses)
+            .bind(&finished_at)
+            .bind(&errors)
+            .bind(&outputs)
+            .bind(&retry_at)
+            .bind(&nodes)
+            .bind(&leases)
+            .bind(&queued_ids)
+            .bind(retention)
+            .bind(trim_at)
+            .fetch_all(pool)
+            .await;
+        match result {
+            Ok(rows) => break rows,
+            Err(e) if attempt < RACE_ATTEMPTS && is_retryable_race(&e) => continue,
+            Err(e) => return Err(db_err(e)),
+        }
+    };
+    if rows.len() != batch.len() {
+        return Err(crate::error::corrupt(format!(
+            "finish returned {} rows for {} finishes",
+            rows.len(),
+            batch.len()
+        )));
+    }
+    Ok(rows
+        .iter()
+        .zip(batch)
+        .map(|(row, job)| {
+            let finished: bool = row.try_get("finished").map_err(db_err)?;
+            if !finished {
+                return Err(Error::conflict(format!(
+                    "execution {} is no longer running or was taken over",
+                    job.id
+                )));
+            }
+            let started: Option<Uuid> = row.try_get("id").map_err(db_err)?;
+            Ok(FinishOutcome {
+                started: match started {
+                    Some(_) => Some(execution_from_row(row)?),
+                    None => None,
+                },
+            })
+        })
+        .collect())
+}
 
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -36,20 +188,40 @@ pub(crate) struct Inner {
     retention: usize,
     /// The execution count past which a claim or finish trims history.
     trim_at: usize,
-    sql: Sql,
+    sql: Arc<Sql>,
     feed: Feed,
+    /// Finishes waiting for a batch (see [`finish_worker`]).
+    finishes: mpsc::UnboundedSender<FinishJob>,
 }
 
 impl Inner {
-    pub(crate) fn new(pool: PgPool, schema: &str, retention: usize) -> Self {
+    /// Must be called inside a tokio runtime: it starts the finish workers.
+    pub(crate) fn new(pool: PgPool, schema: &str, retention: usize, max_connections: u32) -> Self {
         let slack = (retention / 10).min(100);
+        let trim_at = retention + slack;
+        let sql = Arc::new(Sql::new(schema));
+        let (finishes, rx) = mpsc::unbounded_channel();
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let retention_args = (
+            i64::try_from(retention).unwrap_or(i64::MAX),
+            i64::try_from(trim_at).unwrap_or(i64::MAX),
+        );
+        for _ in 0..(max_connections / 4).clamp(1, FINISH_WORKERS) {
+            tokio::spawn(finish_worker(
+                pool.clone(),
+                sql.clone(),
+                rx.clone(),
+                retention_args,
+            ));
+        }
         Self {
             pool,
             schema: schema.to_owned(),
             retention,
-            trim_at: retention + slack,
-            sql: Sql::new(schema),
+            trim_at,
+            sql,
             feed: Feed::new(format!("tickwheel.{schema}")),
+            finishes,
         }
     }
 
@@ -685,52 +857,26 @@ impl Store for crate::PgStore {
             return Err(inner.start_state(f.id, f.fence).await?);
         }
         check_text("node", &f.node)?;
-        let retry_at = f
-            .retry_at
-            .filter(|_| f.status != ExecutionStatus::Succeeded);
-        let error = f.error.map(|s| truncate(without_nul(s), MAX_ERROR_BYTES));
-        let output = f.output.map(|s| truncate(without_nul(s), MAX_OUTPUT_BYTES));
-        let (retention, trim_at) = inner.retention_args();
-        let queued_id = ExecutionId::new();
-        let fence = i64_of(f.fence, "fence")?;
-        let status = text_of(&f.status);
-        let mut attempt = 0;
-        let row = loop {
-            attempt += 1;
-            let result = sqlx::query(&inner.sql.finish)
-                .bind(f.id.as_uuid())
-                .bind(fence)
-                .bind(&status)
-                .bind(f.finished_at)
-                .bind(&error)
-                .bind(&output)
-                .bind(retry_at)
-                .bind(&f.node)
-                .bind(f.lease_until)
-                .bind(queued_id.as_uuid())
-                .bind(retention)
-                .bind(trim_at)
-                .fetch_one(&inner.pool)
-                .await;
-            match result {
-                Ok(row) => break row,
-                Err(e) if attempt < RACE_ATTEMPTS && is_retryable_race(&e) => continue,
-                Err(e) => return Err(db_err(e)),
-            }
+        let (reply, answer) = oneshot::channel();
+        let job = FinishJob {
+            id: f.id.as_uuid(),
+            fence: i64_of(f.fence, "fence")?,
+            status: text_of(&f.status),
+            finished_at: f.finished_at,
+            error: f.error.map(|s| truncate(without_nul(s), MAX_ERROR_BYTES)),
+            output: f.output.map(|s| truncate(without_nul(s), MAX_OUTPUT_BYTES)),
+            retry_at: f.retry_at.filter(|_| f.status != ExecutionStatus::Succeeded),
+            node: f.node,
+            lease_until: f.lease_until,
+            queued_id: ExecutionId::new().as_uuid(),
+            reply,
         };
-        let finished: i64 = row.try_get("finished").map_err(db_err)?;
-        if finished == 0 {
-            return Err(Error::conflict(format!(
-                "execution {} is no longer running or was taken over",
-                f.id
-            )));
-        }
-        let started_id: Option<Uuid> = row.try_get("id").map_err(db_err)?;
-        let started = match started_id {
-            Some(_) => Some(execution_from_row(&row)?),
-            None => None,
+        let gone = || Error::Unavailable {
+            backend: crate::error::BACKEND,
+            source: "the store's finish workers stopped".into(),
         };
-        Ok(FinishOutcome { started })
+        inner.finishes.send(job).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     async fn recover_expired(
