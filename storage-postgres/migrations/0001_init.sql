@@ -70,3 +70,13 @@ CREATE TABLE executions (
 CREATE INDEX executions_lease ON executions (lease_until, id) WHERE status = 'running';
 -- Failed attempts awaiting a retry.
 CREATE INDEX executions_retry ON executions (retry_at, id) WHERE retry_at IS NOT NULL;
+
+-- The latest committed version of some tasks. A claim statement reads the
+-- tasks it lost through this function: being VOLATILE (and having its own
+-- search_path), it is never inlined and runs its query with a fresh snapshot,
+-- so a claim that lost a race reports the winner's write, not the version
+-- its own (older) snapshot shows.
+CREATE FUNCTION fresh_tasks(ids uuid[]) RETURNS SETOF tasks
+    LANGUAGE sql VOLATILE
+    SET search_path FROM CURRENT
+AS $$ SELECT * FROM tasks WHERE id = ANY (ids) $$;

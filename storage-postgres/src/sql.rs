@@ -153,7 +153,8 @@ impl Sql {
 /// decide who won (`d`) and what the overlap policy makes of it (`o`), end
 /// replaced runs (`x`), insert missed (`m`) and started / skipped (`ins`)
 /// executions, trim old history (`tr`), advance the tasks (`u`); the final
-/// select reports one row per claim with the locked task for losers.
+/// select reports one row per claim, with the task as now committed for
+/// those that report it.
 const CLAIM: &str = "
 WITH c AS (
     SELECT * FROM unnest($1::uuid[], $2::int2[], $3::timestamptz[], $4::int8[],
@@ -165,7 +166,12 @@ WITH c AS (
         replace_msg, i)
 ),
 l AS (
-    SELECT t.* FROM {s}.tasks t WHERE t.id IN (SELECT task_id FROM c) ORDER BY t.id FOR UPDATE
+    -- Only rows the claim can still win are locked (a loser writes nothing,
+    -- so a statement that wins nothing commits without a WAL flush); a row
+    -- changed while we waited for its lock is re-checked on its new version.
+    SELECT t.* FROM {s}.tasks t JOIN c ON c.task_id = t.id
+    WHERE c.kind <> 0 OR (t.enabled AND t.next_run = c.exp_next AND t.version = c.exp_version)
+    ORDER BY t.id FOR UPDATE OF t
 ),
 r AS (
     UPDATE {s}.executions e SET retry_at = NULL
@@ -174,7 +180,7 @@ r AS (
     RETURNING c.i
 ),
 d AS (
-    SELECT c.*, l.id AS found, l.tenant, l.overlap, l.running, l.queued_for, l.n_executions,
+    SELECT c.*, l.tenant, l.overlap, l.running, l.queued_for, l.n_executions,
         (l.id IS NOT NULL AND CASE c.kind
             WHEN 0 THEN l.enabled AND l.next_run = c.exp_next AND l.version = c.exp_version
             WHEN 1 THEN EXISTS (SELECT 1 FROM r WHERE r.i = c.i)
@@ -263,11 +269,16 @@ u AS (
     WHERE t.id = o.task_id
     RETURNING t.id
 )
-SELECT d.i, d.found IS NOT NULL AS found, d.won, o.outcome,
-    (SELECT ins.status FROM ins WHERE ins.id = d.exec_id) AS inserted,
+SELECT d.i, d.won, o.outcome, i.status AS inserted,
     ARRAY(SELECT x.id FROM x WHERE x.i = d.i) AS replaced,
-    l.*
-FROM d LEFT JOIN o ON o.i = d.i LEFT JOIN l ON l.id = d.task_id
+    cur.*
+FROM d LEFT JOIN o ON o.i = d.i LEFT JOIN ins i ON i.id = d.exec_id
+    -- The task as it is now, for the claims that report it (lost ones, and
+    -- won ones whose execution key was taken).
+    LEFT JOIN {s}.fresh_tasks(ARRAY(
+        SELECT d2.task_id FROM d d2 LEFT JOIN ins i2 ON i2.id = d2.exec_id
+        WHERE NOT d2.won OR (d2.exec_id IS NOT NULL AND i2.id IS NULL))) cur
+        ON cur.id = d.task_id
 ORDER BY d.i";
 
 /// Records runs' results (each fenced), ends one-time tasks, starts queued

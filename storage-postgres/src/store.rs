@@ -377,12 +377,12 @@ impl ClaimArrays {
 /// The answer to one claim from its result row.
 fn outcome_of(row: &PgRow, claim: Claim) -> Result<ClaimOutcome, Error> {
     let get_err = |e: sqlx::Error| crate::error::corrupt(format!("claim result: {e}"));
-    let found: bool = row.try_get("found").map_err(get_err)?;
-    if !found {
-        return Ok(ClaimOutcome::Lost { current: None });
-    }
     let won: bool = row.try_get("won").map_err(get_err)?;
     let lost = |row: &PgRow, advanced: bool| -> Result<ClaimOutcome, Error> {
+        let found: Option<Uuid> = row.try_get("id").map_err(get_err)?;
+        if found.is_none() {
+            return Ok(ClaimOutcome::Lost { current: None });
+        }
         let mut current = task_from_row(row)?;
         if let (true, ClaimKind::Scheduled { new_next_run, .. }) = (advanced, &claim.kind) {
             current.next_run = new_next_run.map(micros);
@@ -865,7 +865,9 @@ impl Store for crate::PgStore {
             finished_at: f.finished_at,
             error: f.error.map(|s| truncate(without_nul(s), MAX_ERROR_BYTES)),
             output: f.output.map(|s| truncate(without_nul(s), MAX_OUTPUT_BYTES)),
-            retry_at: f.retry_at.filter(|_| f.status != ExecutionStatus::Succeeded),
+            retry_at: f
+                .retry_at
+                .filter(|_| f.status != ExecutionStatus::Succeeded),
             node: f.node,
             lease_until: f.lease_until,
             queued_id: ExecutionId::new().as_uuid(),
