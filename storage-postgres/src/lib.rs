@@ -1,5 +1,352 @@
-//! PostgreSQL store for tickwheel.
+//! PostgreSQL store for tickwheel: [`PgStore`], a [`Store`] on sqlx that
+//! several scheduler processes share.
 //!
-//! Not built yet: this crate is a placeholder in the workspace so the layout
-//! of the project is fixed from the start. `PgStore` arrives with its own
-//! issue (PostgreSQL store); until then nothing here is public.
+//! ```no_run
+//! # async fn demo() -> Result<(), tickwheel::Error> {
+//! use std::sync::Arc;
+//! use tickwheel::{Scheduler, executor_fn};
+//! use tickwheel_postgres::PgStore;
+//!
+//! let store = PgStore::builder()
+//!     .schema("tickwheel")
+//!     .retention(1000)
+//!     .connect("postgres://app@db/app")
+//!     .await?;
+//! let scheduler = Scheduler::builder(Arc::new(store), executor_fn(|_run| async { Ok(None) }))
+//!     .start();
+//! # drop(scheduler);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Schema
+//!
+//! Everything lives in one PostgreSQL schema (default `tickwheel`), created
+//! by the embedded migrations ([`MIGRATOR`], applied by
+//! [`PgStoreBuilder::connect`] and [`PgStoreBuilder::from_pool`] unless
+//! turned off; [`migrate`] applies them by hand). Two tables:
+//!
+//! - `tasks`: every task field in its own column (policy and notification
+//!   flattened), plus the engine state of the task: the ids of its running
+//!   executions, the occurrence queued behind them (`overlap: queue_one`)
+//!   and its execution count. Indexes: the due scan
+//!   `(next_run, id) WHERE enabled AND next_run IS NOT NULL`, and
+//!   `(tenant, id)` for listing.
+//! - `executions`: unique `(task_id, scheduled_for, attempt)`, which also
+//!   serves history (newest first is a backward scan) and retention; running
+//!   executions by `(lease_until, id)` for recovery; failed attempts by
+//!   `(retry_at, id)` for retries.
+//!
+//! # Atomicity
+//!
+//! Every decision about a task is taken under its row lock, from the row's
+//! latest version: a claim batch is one statement that locks its tasks
+//! (`SELECT … ORDER BY id FOR UPDATE`, always in id order, so concurrent
+//! batches cannot deadlock), compares `next_run` / `version` / the awaited
+//! retry, decides overlap from the running ids kept on the task row, ends
+//! replaced runs, inserts the `running`, `skipped` and `missed` executions,
+//! advances the task and trims old history — one round trip for the whole
+//! batch, whatever the policies. `finish` is one statement too (fenced
+//! result, one-time task status, the queued occurrence's start, trim);
+//! `update_task` and `delete_task` lock the row in a short transaction; and
+//! [`Store::recover_expired`] locks the tasks of expired executions with
+//! `FOR UPDATE SKIP LOCKED`, so concurrent recoverers never take over the
+//! same execution twice. Claims in one call that name the same task are
+//! applied one after the other (a statement changes a row only once).
+//!
+//! Time comes from the caller only: no statement reads the database clock.
+//!
+//! # Change feed
+//!
+//! Writes to task definitions (create, update, delete, bulk create) send a
+//! `NOTIFY` on the channel `tickwheel.<schema>` inside their transaction; a
+//! payload is a small JSON object (well under PostgreSQL's 8000-byte limit:
+//! the tenant, at most 200 bytes, is the only variable-length part). The
+//! store's listener (one connection per [`PgStore`], opened by the first
+//! [`Store::subscribe`]) fans them out to subscribers. When its connection
+//! drops it reconnects with backoff and then sends [`Change::Resync`], so
+//! engines rescan whatever they may have missed.
+//!
+//! # Errors
+//!
+//! A refused, lost or terminated connection, a pool timeout and a server
+//! starting or shutting down are [`Error::Unavailable`] (the engine backs off
+//! and retries); a deadlock or serialization failure is retried here a few
+//! times first. A duplicate id is [`Error::Conflict`].
+//!
+//! # Stored text and times
+//!
+//! Strings are stored and returned verbatim (quotes, backslashes, control
+//! characters, any Unicode) — every value is a bound parameter, never spliced
+//! into SQL. PostgreSQL `text` cannot hold NUL (`\0`): a task whose string
+//! fields contain one is refused with [`Error::Invalid`] naming the field;
+//! in an execution's `error` and `output` (written by the executor, which
+//! must not lose its result over it) each NUL is stored as U+FFFD.
+//! Timestamps are kept to the microsecond (PostgreSQL `timestamptz`): what a
+//! write returns is already cut to microseconds, so it equals what a read
+//! returns.
+//!
+//! # Retention
+//!
+//! Each task keeps its newest `retention` executions (default 1000; running
+//! executions and failed ones awaiting a retry are always kept). The task row
+//! counts its executions; when a claim or finish takes the count past
+//! `retention + slack` (slack = retention / 10, at most 100), the same
+//! statement deletes the oldest finished ones down to `retention`. So history
+//! is trimmed in batches of at most slack + one claim's rows, each an index
+//! range at the old end of one task's history: no table scan, no long lock,
+//! and no unbounded growth between sweeps.
+//!
+//! # Performance notes
+//!
+//! The due scan reads only the window it asks for; with 1M tasks due far in
+//! the future an idle node's scan is an index range scan returning nothing
+//! (see `benches/results-postgres.md` for the `EXPLAIN`):
+//!
+//! ```text
+//! Limit
+//!   ->  Index Scan using tasks_due on tasks
+//!         Index Cond: (next_run <= $1)
+//! ```
+//!
+//! [`PgStore::create_tasks`] inserts tasks in bulk (one statement per 5,000
+//! tasks) and sends one [`Change::Resync`].
+//!
+//! [`Change::Resync`]: tickwheel::store::Change::Resync
+//! [`Error::Unavailable`]: tickwheel::Error::Unavailable
+//! [`Error::Invalid`]: tickwheel::Error::Invalid
+//! [`Error::Conflict`]: tickwheel::Error::Conflict
+
+mod error;
+mod feed;
+mod rows;
+mod sql;
+mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
+use tickwheel::Error;
+use tickwheel::store::DEFAULT_RETENTION;
+
+use crate::error::db_err;
+
+pub use sqlx::migrate::Migrator;
+pub use tickwheel::Store;
+
+/// The embedded migrations. They create unqualified names, so run them with
+/// `search_path` set to the store's schema: [`migrate`] does that.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The default schema.
+pub const DEFAULT_SCHEMA: &str = "tickwheel";
+
+/// A [`Store`] on PostgreSQL. Cheap to clone (clones share the pool and the
+/// change-feed listener).
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    inner: Arc<store::Inner>,
+}
+
+/// Options of a [`PgStore`]: schema, retention, pool size.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PgStoreBuilder {
+    schema: String,
+    retention: usize,
+    max_connections: u32,
+    acquire_timeout: Duration,
+    migrate: bool,
+}
+
+impl Default for PgStoreBuilder {
+    fn default() -> Self {
+        Self {
+            schema: DEFAULT_SCHEMA.to_owned(),
+            retention: DEFAULT_RETENTION,
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+            migrate: true,
+        }
+    }
+}
+
+impl PgStoreBuilder {
+    /// The schema holding the tables (default `tickwheel`): letters, digits
+    /// and `_`, at most 40 characters, not starting with a digit.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Executions kept per task (default 1000, at least 1).
+    pub fn retention(mut self, retention: usize) -> Self {
+        self.retention = retention.max(1);
+        self
+    }
+
+    /// Most connections of the pool [`connect`](Self::connect) opens
+    /// (default 16). The change-feed listener uses one more.
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// How long a call waits for a free connection before failing with
+    /// `Unavailable` (default 5 s).
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Whether to apply the migrations on start (default true).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// Connects to `url` with a new pool, applies the migrations, and
+    /// returns the store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for a bad URL or schema name,
+    /// [`Error::Unavailable`] if the server cannot be reached, or the
+    /// migration's error.
+    pub async fn connect(self, url: &str) -> Result<PgStore, Error> {
+        check_schema(&self.schema)?;
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e: sqlx::Error| Error::invalid("url", e.to_string()))?;
+        // The store's statements are fixed and their best plans do not
+        // depend on the values bound: a generic plan saves the planning
+        // (milliseconds for the claim statement) on every call.
+        let options = options
+            .options([("plan_cache_mode", "force_generic_plan")])
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.acquire_timeout)
+            // A dead connection fails one call (Unavailable, retried by the
+            // engine); pinging before every use would double the round trips.
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(db_err)?;
+        self.from_pool(pool).await
+    }
+
+    /// A store on an existing pool (migrated unless turned off).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for a bad schema name, or the migration's error.
+    pub async fn from_pool(self, pool: PgPool) -> Result<PgStore, Error> {
+        check_schema(&self.schema)?;
+        if self.migrate {
+            migrate(&pool, &self.schema).await?;
+        }
+        Ok(PgStore {
+            inner: Arc::new(store::Inner::new(
+                pool.clone(),
+                &self.schema,
+                self.retention,
+                pool.options().get_max_connections(),
+            )),
+        })
+    }
+}
+
+impl PgStore {
+    /// Options for a store.
+    pub fn builder() -> PgStoreBuilder {
+        PgStoreBuilder::default()
+    }
+
+    /// Connects to `url` with the default options (schema `tickwheel`,
+    /// retention 1000) and applies the migrations.
+    ///
+    /// # Errors
+    ///
+    /// As [`PgStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::builder().connect(url).await
+    }
+
+    /// A store on an existing pool with the default options, migrated.
+    ///
+    /// # Errors
+    ///
+    /// As [`PgStoreBuilder::from_pool`].
+    pub async fn from_pool(pool: PgPool) -> Result<Self, Error> {
+        Self::builder().from_pool(pool).await
+    }
+
+    /// The pool the store uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema holding the store's tables.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+}
+
+fn check_schema(schema: &str) -> Result<(), Error> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 40
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "schema",
+            "must be 1 to 40 ASCII letters, digits or _, not starting with a digit",
+        ))
+    }
+}
+
+/// Creates `schema` if needed and applies [`MIGRATOR`] inside it. Safe to
+/// run from several processes at once (the migrator takes an advisory lock).
+///
+/// # Errors
+///
+/// [`Error::Invalid`] for a bad schema name, [`Error::Unavailable`] if the
+/// server cannot be reached, [`Error::Backend`] if a migration fails.
+///
+/// [`Error::Backend`]: tickwheel::Error::Backend
+pub async fn migrate(pool: &PgPool, schema: &str) -> Result<(), Error> {
+    check_schema(schema)?;
+    let mut conn = pool.acquire().await.map_err(db_err)?;
+    // Concurrent `CREATE SCHEMA IF NOT EXISTS` can still collide on the
+    // catalog's unique index: serialise it on an advisory lock.
+    let create = format!(
+        "SELECT pg_advisory_lock(hashtext('tickwheel.migrate')); \
+         CREATE SCHEMA IF NOT EXISTS \"{schema}\"; \
+         SELECT pg_advisory_unlock(hashtext('tickwheel.migrate')); \
+         SET search_path TO \"{schema}\""
+    );
+    let result = async {
+        sqlx::raw_sql(&create)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        MIGRATOR.run(&mut *conn).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => db_err(e),
+            other => Error::Backend {
+                backend: error::BACKEND,
+                source: Box::new(other),
+            },
+        })
+    }
+    .await;
+    // The connection's search_path was changed: do not hand it back.
+    let _ = conn.detach().close().await;
+    result
+}

@@ -88,8 +88,19 @@ async fn make_store(kind: &str, seconds: u64) -> Result<Arc<dyn Store>> {
     if kind == "memory" {
         return Ok(Arc::new(MemoryStore::with_retention(retention)));
     }
-    // PostgreSQL (`postgres://…`) and Redis (`redis://…`) arms go here.
-    bail!("--store {kind:?}: expected `memory`")
+    if kind.starts_with("postgres://") || kind.starts_with("postgresql://") {
+        // A fresh schema per run, so a run never sees an earlier run's tasks.
+        let schema = format!("loadgen_{}", uuid::Uuid::now_v7().simple());
+        let store = tickwheel_postgres::PgStore::builder()
+            .schema(schema)
+            .retention(retention)
+            .max_connections(48)
+            .connect(kind)
+            .await?;
+        return Ok(Arc::new(store));
+    }
+    // The Redis (`redis://…`) arm goes here.
+    bail!("--store {kind:?}: expected `memory` or `postgres://…`")
 }
 
 /// Resident set (current, peak) in MiB, from /proc.

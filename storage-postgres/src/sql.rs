@@ -1,0 +1,375 @@
+//! The statements, written once with `{s}` for the (quoted) schema.
+//!
+//! Every statement that decides something about a task first locks the task
+//! row (`FOR UPDATE`, in id order when there are several) and decides from
+//! that locked, latest version; executions of a task are touched only after
+//! its row is locked. That single rule gives the atomicity the store
+//! contract asks for and keeps concurrent statements free of deadlocks.
+
+use crate::rows::{EXECUTION_COLUMNS, TASK_COLUMNS};
+
+/// The statements of one schema.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    pub(crate) insert_task: String,
+    pub(crate) insert_tasks: String,
+    pub(crate) notify: String,
+    pub(crate) get_task: String,
+    pub(crate) list_first: String,
+    pub(crate) list_after: String,
+    pub(crate) lock_task: String,
+    pub(crate) update_task: String,
+    pub(crate) delete_task: String,
+    pub(crate) delete_executions: String,
+    pub(crate) due_first: String,
+    pub(crate) due_after: String,
+    pub(crate) due_retries: String,
+    pub(crate) claim: String,
+    pub(crate) renew: String,
+    pub(crate) finish: String,
+    pub(crate) execution_state: String,
+    pub(crate) expired_tasks: String,
+    pub(crate) lock_tasks_skip_locked: String,
+    pub(crate) abandon_expired: String,
+    pub(crate) set_retry_at: String,
+    pub(crate) recover_task: String,
+    pub(crate) insert_started: String,
+    pub(crate) history: String,
+    pub(crate) history_by_status: String,
+    pub(crate) history_total: String,
+    pub(crate) history_total_by_status: String,
+    pub(crate) task_exists: String,
+}
+
+/// The task columns as written by an insert, `$1`…`$25` in [`TASK_COLUMNS`] order.
+const TASK_VALUES: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+    $16, $17, $18, $19, $20, $21, $22, $23, $24, $25";
+
+impl Sql {
+    pub(crate) fn new(schema: &str) -> Self {
+        let s = format!("\"{schema}\"");
+        let q = |text: &str| {
+            text.replace("{s}", &s)
+                .replace("{task_columns}", TASK_COLUMNS)
+                .replace("{execution_columns}", EXECUTION_COLUMNS)
+                .replace("{task_values}", TASK_VALUES)
+        };
+        Self {
+            insert_task: q("WITH i AS (
+                    INSERT INTO {s}.tasks ({task_columns}) VALUES ({task_values})
+                    ON CONFLICT (id) DO NOTHING RETURNING id)
+                SELECT pg_notify($26, $27) FROM i"),
+            insert_tasks: q("INSERT INTO {s}.tasks ({task_columns})
+                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                    $6::text[], $7::text[], $8::timestamptz[], $9::text[], $10::bool[], $11::text[],
+                    $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::int4[],
+                    $18::int8[], $19::int8[], $20::int8[], $21::timestamptz[], $22::timestamptz[],
+                    $23::timestamptz[], $24::timestamptz[], $25::int8[])"),
+            notify: q("SELECT pg_notify($1, $2)"),
+            get_task: q("SELECT {task_columns} FROM {s}.tasks WHERE id = $1 AND tenant = $2"),
+            list_first: q("SELECT {task_columns} FROM {s}.tasks WHERE tenant = $1
+                ORDER BY id LIMIT $2"),
+            list_after: q("SELECT {task_columns} FROM {s}.tasks WHERE tenant = $1 AND id > $2
+                ORDER BY id LIMIT $3"),
+            lock_task: q("SELECT {task_columns} FROM {s}.tasks WHERE id = $1 AND tenant = $2
+                FOR UPDATE"),
+            update_task: q("UPDATE {s}.tasks SET name = $2, description = $3, agent = $4,
+                    prompt = $5, schedule = $6, run_at = $7, timezone = $8, enabled = $9,
+                    status = $10, channel_id = $11, notification_method = $12,
+                    notification_destination = $13, misfire = $14, overlap = $15,
+                    max_retries = $16, retry_backoff_ms = $17, timeout_ms = $18, jitter_ms = $19,
+                    last_run = $20, next_run = $21, updated_at = $22, version = $23
+                WHERE id = $1"),
+            delete_task: q("DELETE FROM {s}.tasks WHERE id = $1 AND tenant = $2"),
+            delete_executions: q("DELETE FROM {s}.executions WHERE task_id = $1"),
+            due_first: q("SELECT {task_columns} FROM {s}.tasks
+                WHERE enabled AND next_run IS NOT NULL AND next_run <= $1
+                ORDER BY next_run, id LIMIT $2"),
+            due_after: q("SELECT {task_columns} FROM {s}.tasks
+                WHERE enabled AND next_run IS NOT NULL AND next_run <= $1
+                    AND (next_run, id) > ($2, $3)
+                ORDER BY next_run, id LIMIT $4"),
+            due_retries: q("SELECT {execution_columns} FROM {s}.executions
+                WHERE retry_at IS NOT NULL AND retry_at <= $1
+                ORDER BY retry_at, id LIMIT $2"),
+            claim: q(CLAIM),
+            renew: q("UPDATE {s}.executions SET lease_until = $3
+                WHERE id = $1 AND fence = $2 AND status = 'running'"),
+            finish: q(FINISH),
+            execution_state: q("SELECT status, fence FROM {s}.executions WHERE id = $1"),
+            expired_tasks: q("SELECT DISTINCT task_id FROM (
+                    SELECT task_id FROM {s}.executions
+                    WHERE status = 'running' AND lease_until < $1
+                    ORDER BY lease_until, id LIMIT $2) x"),
+            lock_tasks_skip_locked: q("SELECT id, tenant, schedule, max_retries, retry_backoff_ms,
+                    running, queued_for, queued_attempt, queued_trigger
+                FROM {s}.tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED"),
+            abandon_expired: q("UPDATE {s}.executions e SET status = 'abandoned',
+                    fence = e.fence + 1, lease_until = NULL, finished_at = $2,
+                    duration_ms = GREATEST(0, floor(extract(epoch FROM $2 - e.started_at) * 1000))::int8,
+                    error = 'lease expired: its scheduler stopped renewing it'
+                WHERE e.task_id = ANY($1) AND e.status = 'running' AND e.lease_until < $2
+                RETURNING {execution_columns}"),
+            set_retry_at: q("UPDATE {s}.executions e SET retry_at = v.at
+                FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, at) WHERE e.id = v.id"),
+            recover_task: q("UPDATE {s}.tasks SET running = $2, status = COALESCE($3, status),
+                    queued_for = CASE WHEN $4 THEN NULL ELSE queued_for END,
+                    queued_attempt = CASE WHEN $4 THEN NULL ELSE queued_attempt END,
+                    queued_trigger = CASE WHEN $4 THEN NULL ELSE queued_trigger END,
+                    last_run = CASE WHEN $4 THEN $5 ELSE last_run END,
+                    n_executions = n_executions + $6
+                WHERE id = $1"),
+            insert_started: q("INSERT INTO {s}.executions (id, task_id, tenant, scheduled_for,
+                    started_at, attempt, status, node, trigger, lease_until, fence)
+                SELECT id, task_id, tenant, scheduled_for, $6, attempt, 'running', $7, trigger,
+                    $8, 1
+                FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int4[],
+                    $9::text[]) AS v(id, task_id, tenant, scheduled_for, attempt, trigger)
+                ON CONFLICT DO NOTHING RETURNING {execution_columns}"),
+            history: q("SELECT {execution_columns} FROM {s}.executions WHERE task_id = $1
+                ORDER BY scheduled_for DESC, attempt DESC LIMIT $2 OFFSET $3"),
+            history_by_status: q("SELECT {execution_columns} FROM {s}.executions
+                WHERE task_id = $1 AND status = $4
+                ORDER BY scheduled_for DESC, attempt DESC LIMIT $2 OFFSET $3"),
+            history_total: q("SELECT count(*) FROM {s}.executions WHERE task_id = $1"),
+            history_total_by_status: q("SELECT count(*) FROM {s}.executions
+                WHERE task_id = $1 AND status = $2"),
+            task_exists: q("SELECT EXISTS (SELECT 1 FROM {s}.tasks WHERE id = $1 AND tenant = $2)"),
+        }
+    }
+}
+
+/// The claim batch: one statement, whatever the kinds and policies.
+///
+/// Inputs are parallel arrays, one element per claim (task ids distinct):
+/// `$1` task, `$2` kind (0 scheduled, 1 retry, 2 manual), `$3` expected
+/// `next_run`, `$4` expected version, `$5` new `next_run`, `$6` the failed
+/// attempt (retry), `$7`…`$14` the execution to start (id NULL: none),
+/// `$15` the claimer's node, `$16` its time, `$17` the message for replaced
+/// runs; the missed occurrences as `$18` claim ordinal, `$19` instant,
+/// `$20` id; `$21` retention, `$22` the count that triggers a trim.
+///
+/// Steps: lock the tasks (`l`), compare-and-set the awaited retries (`r`),
+/// decide who won (`d`) and what the overlap policy makes of it (`o`), end
+/// replaced runs (`x`), insert missed (`m`) and started / skipped (`ins`)
+/// executions, trim old history (`tr`), advance the tasks (`u`); the final
+/// select reports one row per claim, with the task as now committed for
+/// those that report it.
+const CLAIM: &str = "
+WITH c AS (
+    SELECT * FROM unnest($1::uuid[], $2::int2[], $3::timestamptz[], $4::int8[],
+        $5::timestamptz[], $6::uuid[], $7::uuid[], $8::timestamptz[], $9::timestamptz[],
+        $10::int4[], $11::text[], $12::text[], $13::timestamptz[], $14::int8[], $15::text[],
+        $16::timestamptz[], $17::text[])
+    WITH ORDINALITY AS c(task_id, kind, exp_next, exp_version, new_next, failed, exec_id,
+        sched_for, started_at, attempt, exec_node, trig, lease_until, fence, node, now,
+        replace_msg, i)
+),
+l AS (
+    -- Only rows the claim can still win are locked (a loser writes nothing,
+    -- so a statement that wins nothing commits without a WAL flush); a row
+    -- changed while we waited for its lock is re-checked on its new version.
+    SELECT t.* FROM {s}.tasks t JOIN c ON c.task_id = t.id
+    WHERE c.kind <> 0 OR (t.enabled AND t.next_run = c.exp_next AND t.version = c.exp_version)
+    ORDER BY t.id FOR UPDATE OF t
+),
+r AS (
+    UPDATE {s}.executions e SET retry_at = NULL
+    FROM c JOIN l ON l.id = c.task_id
+    WHERE c.kind = 1 AND e.id = c.failed AND e.task_id = c.task_id AND e.retry_at IS NOT NULL
+    RETURNING c.i
+),
+d AS (
+    SELECT c.*, l.tenant, l.overlap, l.running, l.queued_for, l.n_executions,
+        (l.id IS NOT NULL AND CASE c.kind
+            WHEN 0 THEN l.enabled AND l.next_run = c.exp_next AND l.version = c.exp_version
+            WHEN 1 THEN EXISTS (SELECT 1 FROM r WHERE r.i = c.i)
+            ELSE true END) AS won
+    FROM c LEFT JOIN l ON l.id = c.task_id
+),
+o AS (
+    SELECT d.*, CASE
+        WHEN d.exec_id IS NULL THEN 'advanced'
+        WHEN cardinality(d.running) = 0 OR d.overlap = 'allow' THEN 'started'
+        WHEN d.overlap = 'queue_one' AND d.queued_for IS NULL THEN 'queued'
+        WHEN d.overlap = 'replace' THEN 'replaced'
+        ELSE 'skipped' END AS outcome
+    FROM d WHERE d.won
+),
+x AS (
+    UPDATE {s}.executions e SET status = 'abandoned', fence = e.fence + 1, lease_until = NULL,
+        finished_at = o.started_at,
+        duration_ms = GREATEST(0, floor(extract(epoch FROM o.started_at - e.started_at) * 1000))::int8,
+        error = o.replace_msg
+    FROM o WHERE o.outcome = 'replaced' AND e.id = ANY(o.running) AND e.status = 'running'
+    RETURNING o.i, e.id
+),
+m AS (
+    INSERT INTO {s}.executions (id, task_id, tenant, scheduled_for, started_at, finished_at,
+        duration_ms, attempt, status, node, trigger, fence)
+    SELECT mm.id, o.task_id, o.tenant, mm.at, o.now, o.now, 0, 1, 'missed', o.node,
+        'schedule', 1
+    FROM unnest($18::int4[], $19::timestamptz[], $20::uuid[]) AS mm(ci, at, id)
+    JOIN o ON o.i = mm.ci
+    ON CONFLICT DO NOTHING
+    RETURNING task_id
+),
+ins AS (
+    INSERT INTO {s}.executions (id, task_id, tenant, scheduled_for, started_at, finished_at,
+        duration_ms, attempt, status, error, node, trigger, lease_until, fence)
+    SELECT o.exec_id, o.task_id, o.tenant, o.sched_for, o.started_at,
+        CASE WHEN o.outcome = 'skipped' THEN o.started_at END,
+        CASE WHEN o.outcome = 'skipped' THEN 0 END,
+        o.attempt,
+        CASE WHEN o.outcome = 'skipped' THEN 'skipped' ELSE 'running' END,
+        CASE WHEN o.outcome = 'skipped' THEN 'the previous run was still running' END,
+        o.exec_node, o.trig,
+        CASE WHEN o.outcome = 'skipped' THEN NULL ELSE o.lease_until END,
+        o.fence
+    FROM o WHERE o.outcome IN ('started', 'replaced', 'skipped')
+    ON CONFLICT DO NOTHING
+    RETURNING task_id, id, status
+),
+added AS (
+    SELECT task_id, count(*) AS n,
+        array_agg(id) FILTER (WHERE status = 'running') AS started
+    FROM (SELECT task_id, id, status FROM ins
+          UNION ALL SELECT task_id, NULL, 'missed' FROM m) z
+    GROUP BY task_id
+),
+tr AS (
+    DELETE FROM {s}.executions e USING (
+        SELECT old.id, o.task_id
+        FROM o LEFT JOIN added a ON a.task_id = o.task_id
+        CROSS JOIN LATERAL (
+            SELECT e2.id FROM {s}.executions e2
+            -- Finished and not awaiting a retry as of the statement's
+            -- snapshot: rows this statement itself changes (a retried
+            -- attempt, replaced runs) cannot also be deleted by it, so they
+            -- wait for a later trim.
+            WHERE e2.task_id = o.task_id AND e2.status <> 'running' AND e2.retry_at IS NULL
+            ORDER BY e2.scheduled_for, e2.attempt
+            LIMIT GREATEST(0, o.n_executions + COALESCE(a.n, 0) - $21)) old
+        WHERE o.n_executions + COALESCE(a.n, 0) > $22) z
+    WHERE e.id = z.id
+    RETURNING z.task_id
+),
+u AS (
+    UPDATE {s}.tasks t SET
+        next_run = CASE WHEN o.kind = 0 THEN o.new_next ELSE t.next_run END,
+        last_run = CASE WHEN a.started IS NOT NULL THEN o.started_at ELSE t.last_run END,
+        running = CASE WHEN o.outcome = 'replaced' THEN '{}'::uuid[] ELSE t.running END
+            || COALESCE(a.started, '{}'::uuid[]),
+        queued_for = CASE WHEN o.outcome = 'queued' THEN o.sched_for ELSE t.queued_for END,
+        queued_attempt = CASE WHEN o.outcome = 'queued' THEN o.attempt ELSE t.queued_attempt END,
+        queued_trigger = CASE WHEN o.outcome = 'queued' THEN o.trig ELSE t.queued_trigger END,
+        n_executions = t.n_executions + COALESCE(a.n, 0)
+            - (SELECT count(*) FROM tr WHERE tr.task_id = t.id)
+    FROM o LEFT JOIN added a ON a.task_id = o.task_id
+    WHERE t.id = o.task_id
+    RETURNING t.id
+)
+SELECT d.i, d.won, o.outcome, i.status AS inserted,
+    ARRAY(SELECT x.id FROM x WHERE x.i = d.i) AS replaced,
+    cur.*
+FROM d LEFT JOIN o ON o.i = d.i LEFT JOIN ins i ON i.id = d.exec_id
+    -- The task as it is now, for the claims that report it (lost ones, and
+    -- won ones whose execution key was taken).
+    LEFT JOIN {s}.fresh_tasks(ARRAY(
+        SELECT d2.task_id FROM d d2 LEFT JOIN ins i2 ON i2.id = d2.exec_id
+        WHERE NOT d2.won OR (d2.exec_id IS NOT NULL AND i2.id IS NULL))) cur
+        ON cur.id = d.task_id
+ORDER BY d.i";
+
+/// Records runs' results (each fenced), ends one-time tasks, starts queued
+/// occurrences whose task has nothing else running, trims history: one
+/// statement for a batch of finishes.
+///
+/// Inputs are parallel arrays, one element per finish: `$1` execution,
+/// `$2` fence, `$3` status, `$4` finished at, `$5` error, `$6` output,
+/// `$7` retry at, `$8` node, `$9` lease for a queued start, `$10` its id;
+/// then `$11` retention and `$12` the count that triggers a trim.
+///
+/// Finishes of the same task are folded as if applied in order: the task's
+/// status is settled by the last one that settles it, and a queued
+/// occurrence starts for the last one (the one that leaves nothing running).
+const FINISH: &str = "
+WITH f0 AS (
+    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::timestamptz[], $5::text[],
+        $6::text[], $7::timestamptz[], $8::text[], $9::timestamptz[], $10::uuid[])
+    WITH ORDINALITY AS f0(id, fence, status, finished_at, error, output, retry_at, node,
+        lease_until, queued_id, i)
+),
+l AS (
+    SELECT t.* FROM {s}.tasks t
+    WHERE t.id IN (SELECT e.task_id FROM {s}.executions e WHERE e.id IN (SELECT id FROM f0))
+    ORDER BY t.id FOR UPDATE
+),
+f AS (
+    UPDATE {s}.executions e SET status = f0.status, fence = e.fence + 1,
+        finished_at = f0.finished_at,
+        duration_ms = GREATEST(0, floor(extract(epoch FROM f0.finished_at - e.started_at) * 1000))::int8,
+        error = f0.error, output = f0.output, lease_until = NULL, retry_at = f0.retry_at
+    FROM f0, l
+    WHERE e.id = f0.id AND e.task_id = l.id AND e.status = 'running' AND e.fence = f0.fence
+    RETURNING f0.i, e.id, e.task_id, e.trigger, f0.status, f0.retry_at
+),
+g AS (
+    SELECT task_id, array_agg(id) AS ids, max(i) AS last_i,
+        (array_agg(CASE WHEN status = 'succeeded' THEN 'completed' ELSE 'failed' END
+            ORDER BY i DESC) FILTER (WHERE trigger <> 'manual' AND retry_at IS NULL))[1]
+            AS settled
+    FROM f GROUP BY task_id
+),
+take AS (
+    SELECT l.id, l.tenant, l.queued_for, l.queued_attempt, l.queued_trigger, f0.i,
+        f0.queued_id, f0.finished_at, f0.node, f0.lease_until
+    FROM l JOIN g ON g.task_id = l.id JOIN f0 ON f0.i = g.last_i
+    WHERE l.queued_for IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM unnest(l.running) r WHERE r <> ALL (g.ids))
+),
+q AS (
+    INSERT INTO {s}.executions (id, task_id, tenant, scheduled_for, started_at, attempt,
+        status, node, trigger, lease_until, fence)
+    SELECT queued_id, id, tenant, queued_for, finished_at, queued_attempt, 'running', node,
+        queued_trigger, lease_until, 1
+    FROM take
+    ON CONFLICT DO NOTHING
+    RETURNING {execution_columns}
+),
+tr AS (
+    DELETE FROM {s}.executions e USING (
+        SELECT old.id, l.id AS task_id FROM l JOIN g ON g.task_id = l.id
+        CROSS JOIN LATERAL (SELECT count(*) AS n FROM q WHERE q.task_id = l.id) added
+        CROSS JOIN LATERAL (
+            -- As in the claim: what this statement finishes is trimmed by
+            -- a later one.
+            SELECT e2.id FROM {s}.executions e2
+            WHERE e2.task_id = l.id AND e2.status <> 'running' AND e2.retry_at IS NULL
+            ORDER BY e2.scheduled_for, e2.attempt
+            LIMIT GREATEST(0, l.n_executions + added.n - $11)) old
+        WHERE l.n_executions + added.n > $12) z
+    WHERE e.id = z.id
+    RETURNING z.task_id
+),
+u AS (
+    UPDATE {s}.tasks t SET
+        running = ARRAY(SELECT r FROM unnest(t.running) r WHERE r <> ALL (g.ids))
+            || ARRAY(SELECT q.id FROM q WHERE q.task_id = t.id),
+        status = CASE WHEN t.schedule IS NULL AND g.settled IS NOT NULL THEN g.settled
+            ELSE t.status END,
+        queued_for = CASE WHEN take.id IS NOT NULL THEN NULL ELSE t.queued_for END,
+        queued_attempt = CASE WHEN take.id IS NOT NULL THEN NULL ELSE t.queued_attempt END,
+        queued_trigger = CASE WHEN take.id IS NOT NULL THEN NULL ELSE t.queued_trigger END,
+        last_run = CASE WHEN take.id IS NOT NULL THEN take.finished_at ELSE t.last_run END,
+        n_executions = t.n_executions + (SELECT count(*) FROM q WHERE q.task_id = t.id)
+            - (SELECT count(*) FROM tr WHERE tr.task_id = t.id)
+    FROM g LEFT JOIN take ON take.id = g.task_id
+    WHERE t.id = g.task_id
+    RETURNING t.id
+)
+SELECT f0.i, f.i IS NOT NULL AS finished, q.*
+FROM f0 LEFT JOIN f ON f.i = f0.i
+    LEFT JOIN take ON take.i = f0.i
+    LEFT JOIN q ON q.id = take.queued_id
+ORDER BY f0.i";
