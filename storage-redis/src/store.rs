@@ -575,6 +575,25 @@ impl RedisStore {
         Ok(out)
     }
 
+    /// Runs an idempotent call, again (twice at most, shortly after) if it
+    /// failed on a connection being re-established.
+    async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let mut delays = [Duration::from_millis(30), Duration::from_millis(200)].into_iter();
+        loop {
+            match call().await {
+                Err(err) if err.is_transient() => match delays.next() {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => return Err(err),
+                },
+                other => return other,
+            }
+        }
+    }
+
     /// Spawns the change-feed task on first use; its readiness counter.
     fn feed_ready(&self) -> watch::Receiver<u64> {
         let mut guard = self
@@ -610,42 +629,16 @@ fn clamp(n: usize) -> usize {
     n.min(SCRIPT_COUNT_MAX)
 }
 
-#[async_trait]
-impl Store for RedisStore {
-    async fn create_task(&self, task: Task) -> Result<Task, Error> {
-        let task = trunc_task(task);
-        let p = self.partition(task.id);
-        let f = TaskFields::of(&task)?;
-        let mut inv = self.invocation(&CREATE_SCRIPT, p);
-        inv.arg(task.id.to_string())
-            .arg(f.d)
-            .arg(&task.tenant)
-            .arg(f.next_run)
-            .arg(f.last_run)
-            .arg(f.version)
-            .arg(f.enabled)
-            .arg(f.status)
-            .arg(f.overlap)
-            .arg(f.max_retries)
-            .arg(f.backoff_ms)
-            .arg(f.is_cron)
-            .arg(&self.shared.channel)
-            .arg(Self::change_message(&task));
-        match self.eval::<String>(&inv).await?.as_str() {
-            "ok" => Ok(task),
-            "exists" => Err(Error::conflict(format!("task {} already exists", task.id))),
-            other => Err(corrupt(format!("create: {other}"))),
-        }
-    }
-
-    async fn get_task(&self, tenant: &str, id: TaskId) -> Result<Task, Error> {
+/// The idempotent calls, run by the trait methods through `retrying`.
+impl RedisStore {
+    async fn get_task_once(&self, tenant: &str, id: TaskId) -> Result<Task, Error> {
         match self.read_task(id).await? {
             Some((task, owner, _)) if owner == tenant.as_bytes() => Ok(task),
             _ => Err(Error::task_not_found(id)),
         }
     }
 
-    async fn list_tasks(&self, tenant: &str, page: TaskPage) -> Result<Vec<Task>, Error> {
+    async fn list_tasks_once(&self, tenant: &str, page: TaskPage) -> Result<Vec<Task>, Error> {
         let limit = page.limit.min(MAX_PAGE);
         if limit == 0 {
             return Ok(Vec::new());
@@ -684,6 +677,234 @@ impl Store for RedisStore {
             .filter_map(|id| tasks.remove(id))
             .filter(|t| t.tenant == tenant)
             .collect())
+    }
+
+    async fn due_tasks_once(
+        &self,
+        after: Option<(DateTime<Utc>, TaskId)>,
+        horizon: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Task>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let horizon_us = horizon.timestamp_micros();
+        let start = after.map(|(t, id)| (t.timestamp_micros(), id.to_string()));
+        let keys = self
+            .merge_partitions(start, limit, |p, after, n| async move {
+                let mut inv = self.invocation(&DUE_SCRIPT, p);
+                match &after {
+                    Some((t, id)) => inv.arg(t.to_string()).arg(id),
+                    None => inv.arg("").arg(""),
+                };
+                inv.arg(horizon_us.to_string()).arg(clamp(n));
+                let flat = strings(&array(self.eval::<Value>(&inv).await?)?)?;
+                flat.chunks(2)
+                    .map(|pair| match pair {
+                        [id, score] => Ok((parse_micros(score)?.timestamp_micros(), id_text(id)?)),
+                        _ => Err(corrupt("odd due page")),
+                    })
+                    .collect::<Result<Vec<_>, Error>>()
+            })
+            .await?;
+        let ids: Vec<TaskId> = keys
+            .iter()
+            .map(|(_, id)| parse_task_id(id))
+            .collect::<Result<_, _>>()?;
+        let mut tasks = self.read_tasks(&ids).await?;
+        // A task claimed or changed since its index entry was read is
+        // returned as it is now, if it still belongs in the window.
+        Ok(ids
+            .iter()
+            .filter_map(|id| tasks.remove(id))
+            .filter(|t| {
+                t.enabled
+                    && t.next_run.is_some_and(|next| {
+                        next <= horizon && after.is_none_or(|a| (next, t.id) > a)
+                    })
+            })
+            .collect())
+    }
+
+    async fn due_retries_once(
+        &self,
+        horizon: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Execution>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let horizon_us = horizon.timestamp_micros().to_string();
+        let reads = (0..self.partitions()).map(|p| {
+            let horizon_us = horizon_us.clone();
+            async move {
+                let mut conn = self.shared.conn.clone();
+                let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                    .arg(format!("{}:retry", self.base(p)))
+                    .arg("-inf")
+                    .arg(horizon_us)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(clamp(limit))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut pipe = redis::pipe();
+                for id in &ids {
+                    pipe.cmd("HGETALL").arg(format!("{}:x:{id}", self.base(p)));
+                }
+                let rows: Vec<Vec<Vec<u8>>> =
+                    pipe.query_async(&mut conn).await.map_err(redis_error)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for (id, mut row) in ids.into_iter().zip(rows) {
+                    if row.is_empty() {
+                        continue;
+                    }
+                    row.push(b"id".to_vec());
+                    row.push(id.into_bytes());
+                    let e = exec_from_pairs(&row)?;
+                    if e.retry_at.is_some() {
+                        out.push(e);
+                    }
+                }
+                Ok::<_, Error>(out)
+            }
+        });
+        let mut all: Vec<Execution> = try_join_all(reads).await?.into_iter().flatten().collect();
+        all.sort_by_key(|e| (e.retry_at, e.id));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    async fn renew_lease_once(
+        &self,
+        id: ExecutionId,
+        fence: u64,
+        until: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let tries = self.partitions_of(id).into_iter().map(|p| async move {
+            let mut inv = self.invocation(&RENEW_SCRIPT, p);
+            inv.arg(id.to_string()).arg(fence).arg(micros(until));
+            self.eval::<String>(&inv).await
+        });
+        let answers = try_join_all(tries).await?;
+        if answers.iter().any(|a| a == "ok") {
+            Ok(())
+        } else if answers.iter().any(|a| a == "taken") {
+            Err(Error::conflict(format!("execution {id} was taken over")))
+        } else {
+            self.forget(id);
+            Err(Error::conflict(format!(
+                "execution {id} is no longer running"
+            )))
+        }
+    }
+
+    async fn executions_once(
+        &self,
+        tenant: &str,
+        task_id: TaskId,
+        query: ExecutionQuery,
+    ) -> Result<ExecutionPage, Error> {
+        let p = self.partition(task_id);
+        let mut inv = self.invocation(&HISTORY_SCRIPT, p);
+        inv.arg(task_id.to_string())
+            .arg(tenant)
+            .arg(clamp(query.offset))
+            .arg(clamp(query.limit))
+            .arg(query.status.map(|s| name_of(&s)).unwrap_or_default());
+        let reply = array(self.eval::<Value>(&inv).await?)?;
+        let mut items = reply.into_iter();
+        let total = match items.next() {
+            Some(Value::Int(n)) => usize::try_from(n).unwrap_or(0),
+            Some(v) if bytes(&v)?.as_deref() == Some(b"notfound".as_slice()) => {
+                return Err(Error::task_not_found(task_id));
+            }
+            _ => return Err(corrupt("bad history reply")),
+        };
+        let executions = items
+            .map(|v| exec_from_pairs(&strings(&array(v)?)?))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ExecutionPage { executions, total })
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn create_task(&self, task: Task) -> Result<Task, Error> {
+        let task = trunc_task(task);
+        let p = self.partition(task.id);
+        let f = TaskFields::of(&task)?;
+        let mut inv = self.invocation(&CREATE_SCRIPT, p);
+        inv.arg(task.id.to_string())
+            .arg(f.d)
+            .arg(&task.tenant)
+            .arg(f.next_run)
+            .arg(f.last_run)
+            .arg(f.version)
+            .arg(f.enabled)
+            .arg(f.status)
+            .arg(f.overlap)
+            .arg(f.max_retries)
+            .arg(f.backoff_ms)
+            .arg(f.is_cron)
+            .arg(&self.shared.channel)
+            .arg(Self::change_message(&task));
+        match self.eval::<String>(&inv).await?.as_str() {
+            "ok" => Ok(task),
+            "exists" => Err(Error::conflict(format!("task {} already exists", task.id))),
+            other => Err(corrupt(format!("create: {other}"))),
+        }
+    }
+
+    async fn get_task(&self, tenant: &str, id: TaskId) -> Result<Task, Error> {
+        self.retrying(|| self.get_task_once(tenant, id)).await
+    }
+
+    async fn list_tasks(&self, tenant: &str, page: TaskPage) -> Result<Vec<Task>, Error> {
+        self.retrying(|| self.list_tasks_once(tenant, page)).await
+    }
+
+    async fn due_tasks(
+        &self,
+        after: Option<(DateTime<Utc>, TaskId)>,
+        horizon: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Task>, Error> {
+        self.retrying(|| self.due_tasks_once(after, horizon, limit))
+            .await
+    }
+
+    async fn due_retries(
+        &self,
+        horizon: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Execution>, Error> {
+        self.retrying(|| self.due_retries_once(horizon, limit))
+            .await
+    }
+
+    async fn renew_lease(
+        &self,
+        id: ExecutionId,
+        fence: u64,
+        until: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        self.retrying(|| self.renew_lease_once(id, fence, until))
+            .await
+    }
+
+    async fn executions(
+        &self,
+        tenant: &str,
+        task_id: TaskId,
+        query: ExecutionQuery,
+    ) -> Result<ExecutionPage, Error> {
+        self.retrying(|| self.executions_once(tenant, task_id, query))
+            .await
     }
 
     async fn update_task(
@@ -751,106 +972,6 @@ impl Store for RedisStore {
         }
     }
 
-    async fn due_tasks(
-        &self,
-        after: Option<(DateTime<Utc>, TaskId)>,
-        horizon: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<Task>, Error> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let horizon_us = horizon.timestamp_micros();
-        let start = after.map(|(t, id)| (t.timestamp_micros(), id.to_string()));
-        let keys = self
-            .merge_partitions(start, limit, |p, after, n| async move {
-                let mut inv = self.invocation(&DUE_SCRIPT, p);
-                match &after {
-                    Some((t, id)) => inv.arg(t.to_string()).arg(id),
-                    None => inv.arg("").arg(""),
-                };
-                inv.arg(horizon_us.to_string()).arg(clamp(n));
-                let flat = strings(&array(self.eval::<Value>(&inv).await?)?)?;
-                flat.chunks(2)
-                    .map(|pair| match pair {
-                        [id, score] => Ok((parse_micros(score)?.timestamp_micros(), id_text(id)?)),
-                        _ => Err(corrupt("odd due page")),
-                    })
-                    .collect::<Result<Vec<_>, Error>>()
-            })
-            .await?;
-        let ids: Vec<TaskId> = keys
-            .iter()
-            .map(|(_, id)| parse_task_id(id))
-            .collect::<Result<_, _>>()?;
-        let mut tasks = self.read_tasks(&ids).await?;
-        // A task claimed or changed since its index entry was read is
-        // returned as it is now, if it still belongs in the window.
-        Ok(ids
-            .iter()
-            .filter_map(|id| tasks.remove(id))
-            .filter(|t| {
-                t.enabled
-                    && t.next_run.is_some_and(|next| {
-                        next <= horizon && after.is_none_or(|a| (next, t.id) > a)
-                    })
-            })
-            .collect())
-    }
-
-    async fn due_retries(
-        &self,
-        horizon: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<Execution>, Error> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let horizon_us = horizon.timestamp_micros().to_string();
-        let reads = (0..self.partitions()).map(|p| {
-            let horizon_us = horizon_us.clone();
-            async move {
-                let mut conn = self.shared.conn.clone();
-                let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                    .arg(format!("{}:retry", self.base(p)))
-                    .arg("-inf")
-                    .arg(horizon_us)
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(clamp(limit))
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(redis_error)?;
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut pipe = redis::pipe();
-                for id in &ids {
-                    pipe.cmd("HGETALL").arg(format!("{}:x:{id}", self.base(p)));
-                }
-                let rows: Vec<Vec<Vec<u8>>> =
-                    pipe.query_async(&mut conn).await.map_err(redis_error)?;
-                let mut out = Vec::with_capacity(rows.len());
-                for (id, mut row) in ids.into_iter().zip(rows) {
-                    if row.is_empty() {
-                        continue;
-                    }
-                    row.push(b"id".to_vec());
-                    row.push(id.into_bytes());
-                    let e = exec_from_pairs(&row)?;
-                    if e.retry_at.is_some() {
-                        out.push(e);
-                    }
-                }
-                Ok::<_, Error>(out)
-            }
-        });
-        let mut all: Vec<Execution> = try_join_all(reads).await?.into_iter().flatten().collect();
-        all.sort_by_key(|e| (e.retry_at, e.id));
-        all.truncate(limit);
-        Ok(all)
-    }
-
     async fn claim(&self, claims: Vec<Claim>) -> Result<Vec<ClaimOutcome>, Error> {
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.partitions()];
         for (i, c) in claims.iter().enumerate() {
@@ -880,30 +1001,6 @@ impl Store for RedisStore {
                 self.claim_outcome(p, claim, reply)
             })
             .collect()
-    }
-
-    async fn renew_lease(
-        &self,
-        id: ExecutionId,
-        fence: u64,
-        until: DateTime<Utc>,
-    ) -> Result<(), Error> {
-        let tries = self.partitions_of(id).into_iter().map(|p| async move {
-            let mut inv = self.invocation(&RENEW_SCRIPT, p);
-            inv.arg(id.to_string()).arg(fence).arg(micros(until));
-            self.eval::<String>(&inv).await
-        });
-        let answers = try_join_all(tries).await?;
-        if answers.iter().any(|a| a == "ok") {
-            Ok(())
-        } else if answers.iter().any(|a| a == "taken") {
-            Err(Error::conflict(format!("execution {id} was taken over")))
-        } else {
-            self.forget(id);
-            Err(Error::conflict(format!(
-                "execution {id} is no longer running"
-            )))
-        }
     }
 
     async fn finish(&self, f: Finish) -> Result<FinishOutcome, Error> {
@@ -1029,34 +1126,6 @@ impl Store for RedisStore {
             }
         }
         Ok(out)
-    }
-
-    async fn executions(
-        &self,
-        tenant: &str,
-        task_id: TaskId,
-        query: ExecutionQuery,
-    ) -> Result<ExecutionPage, Error> {
-        let p = self.partition(task_id);
-        let mut inv = self.invocation(&HISTORY_SCRIPT, p);
-        inv.arg(task_id.to_string())
-            .arg(tenant)
-            .arg(clamp(query.offset))
-            .arg(clamp(query.limit))
-            .arg(query.status.map(|s| name_of(&s)).unwrap_or_default());
-        let reply = array(self.eval::<Value>(&inv).await?)?;
-        let mut items = reply.into_iter();
-        let total = match items.next() {
-            Some(Value::Int(n)) => usize::try_from(n).unwrap_or(0),
-            Some(v) if bytes(&v)?.as_deref() == Some(b"notfound".as_slice()) => {
-                return Err(Error::task_not_found(task_id));
-            }
-            _ => return Err(corrupt("bad history reply")),
-        };
-        let executions = items
-            .map(|v| exec_from_pairs(&strings(&array(v)?)?))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ExecutionPage { executions, total })
     }
 
     async fn subscribe(&self) -> Result<ChangeFeed, Error> {

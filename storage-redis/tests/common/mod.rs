@@ -1,6 +1,13 @@
 //! Shared by the Redis tests: the servers come from the environment
 //! (`scripts/test.sh` starts them, see `scripts/services/redis.sh`).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tickwheel::store::ExecutionQuery;
+use tickwheel::{ExecutionStatus, Executor, NewTask, Store, TaskId, executor_fn};
 use tickwheel_redis::RedisStore;
 
 pub(crate) const SINGLE_VAR: &str = "TICKWHEEL_TEST_REDIS_URL";
@@ -68,4 +75,117 @@ pub(crate) async fn cluster_store(prefix: &str, retention: usize) -> Option<Redi
             .await
             .expect("connect to the test Redis cluster"),
     )
+}
+
+/// How many times each `(task, occurrence)` reached the executor.
+pub(crate) type Runs = Arc<Mutex<HashMap<(TaskId, DateTime<Utc>), usize>>>;
+
+/// An executor that counts its runs in `runs` and succeeds.
+pub(crate) fn counting_executor(runs: Runs) -> impl Executor {
+    executor_fn(move |run| {
+        let runs = runs.clone();
+        async move {
+            *runs
+                .lock()
+                .unwrap()
+                .entry((run.task.id, run.execution.scheduled_for))
+                .or_default() += 1;
+            Ok(None)
+        }
+    })
+}
+
+/// `count` tasks firing every second for `tenant`.
+pub(crate) async fn every_second(store: &dyn Store, tenant: &str, count: usize) -> Vec<TaskId> {
+    let now = Utc::now();
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let task = NewTask::cron(format!("t{i}"), "agent", "* * * * * *")
+            .validate(tenant, now)
+            .expect("valid task");
+        ids.push(store.create_task(task).await.expect("create").id);
+    }
+    ids
+}
+
+/// The whole second at least `lead` seconds from now.
+pub(crate) fn window_start(lead: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(Utc::now().timestamp() + lead, 0).expect("valid time")
+}
+
+/// The occurrences of an every-second task in `[start, end)`.
+pub(crate) fn occurrences(start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    let n = (end - start).num_seconds();
+    (0..n).map(|s| start + TimeDelta::seconds(s)).collect()
+}
+
+/// Waits (up to `timeout`) until every occurrence in `[start, end)` of
+/// every task has reached the executor.
+pub(crate) async fn wait_for_runs(
+    runs: &Runs,
+    ids: &[TaskId],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    timeout: Duration,
+) {
+    let expected = occurrences(start, end);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let missing = {
+            let runs = runs.lock().unwrap();
+            ids.iter()
+                .flat_map(|id| expected.iter().map(move |t| (*id, *t)))
+                .filter(|key| !runs.contains_key(key))
+                .count()
+        };
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing} occurrences never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every occurrence in `[start, end)` of every task: started exactly once
+/// according to the history (one execution, `succeeded`) and run exactly
+/// once by the executors. Returns the problems found.
+pub(crate) async fn audit(
+    store: &dyn Store,
+    tenant: &str,
+    ids: &[TaskId],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    runs: &Runs,
+) -> Vec<String> {
+    let expected = occurrences(start, end);
+    let runs = runs.lock().unwrap().clone();
+    let mut problems = Vec::new();
+    for &id in ids {
+        let history = store
+            .executions(tenant, id, ExecutionQuery::newest(10_000))
+            .await
+            .expect("history")
+            .executions;
+        let mut seen: HashMap<DateTime<Utc>, Vec<ExecutionStatus>> = HashMap::new();
+        for e in history
+            .iter()
+            .filter(|e| e.scheduled_for >= start && e.scheduled_for < end)
+        {
+            seen.entry(e.scheduled_for).or_default().push(e.status);
+        }
+        for t in &expected {
+            match seen.get(t).map(Vec::as_slice) {
+                Some([ExecutionStatus::Succeeded]) => {}
+                other => problems.push(format!("task {id} at {t}: history {other:?}")),
+            }
+            let ran = runs.get(&(id, *t)).copied().unwrap_or(0);
+            if ran != 1 {
+                problems.push(format!("task {id} at {t}: ran {ran} times"));
+            }
+        }
+    }
+    problems
 }
