@@ -23,9 +23,15 @@ use redis::Script;
 
 /// Helpers shared by every script (prepended to each).
 const PRELUDE: &str = r#"
-local B = ARGV[1]
 local RETENTION = tonumber(ARGV[2])
-local DUE, LEASES, RETRY = B .. ':due', B .. ':leases', B .. ':retry'
+-- The partition's key base and index keys; batch scripts switch partitions
+-- per item with use_base (on a single server a batch may span them).
+local B, DUE, LEASES, RETRY
+local function use_base(base)
+  B = base
+  DUE, LEASES, RETRY = base .. ':due', base .. ':leases', base .. ':retry'
+end
+use_base(ARGV[1])
 local function tkey(tid) return B .. ':t:' .. tid end
 local function rkey(tid) return B .. ':r:' .. tid end
 local function hkey(tid) return B .. ':h:' .. tid end
@@ -68,8 +74,9 @@ local function trim(tid)
   if excess <= 0 then return end
   local doomed = {}
   local start = 0
+  local size = excess + 1
   while #doomed < excess do
-    local chunk = redis.call('ZRANGE', h, start, start + 63)
+    local chunk = redis.call('ZRANGE', h, start, start + size - 1)
     if #chunk == 0 then break end
     for _, m in ipairs(chunk) do
       local eid = string.sub(m, 12)
@@ -79,7 +86,8 @@ local function trim(tid)
         if #doomed >= excess then break end
       end
     end
-    start = start + 64
+    start = start + size
+    size = 64
   end
   for _, m in ipairs(doomed) do
     redis.call('ZREM', h, m)
@@ -97,7 +105,6 @@ local function insert_exec(tid, f)
     if string.sub(m, 1, 11) == prefix then return false end
   end
   local x = xkey(eid)
-  if redis.call('EXISTS', x) == 1 then return false end
   local values = {}
   for i = 1, #f, 2 do
     if f[i] ~= 'id' then
@@ -116,29 +123,36 @@ local function insert_exec(tid, f)
   return true
 end
 
--- Ends a running execution: status, fence bump, lease dropped.
-local function end_running(tid, eid, status, fa, err)
+-- Ends a running execution: status, fence bump, lease dropped; `extra`
+-- (field/value list) is written with it, `drop` (fields) removed.
+local function end_running(tid, eid, status, fa, err, extra, drop)
   local x = xkey(eid)
   local sa, fence = unpack(redis.call('HMGET', x, 'sa', 'fence'))
   redis.call('ZREM', LEASES, eid)
-  redis.call('HDEL', x, 'lease')
   local dur = tonumber(fa) - tonumber(sa)
   if dur < 0 then dur = 0 end
-  redis.call('HSET', x, 'st', status, 'fence', fmt(tonumber(fence) + 1), 'fa', fa,
-    'dur', fmt(math.floor(dur / 1000)))
+  local set = {'st', status, 'fence', fmt(tonumber(fence) + 1), 'fa', fa,
+    'dur', fmt(math.floor(dur / 1000))}
+  local del = {'lease'}
   if err then
-    redis.call('HSET', x, 'err', err)
+    set[#set + 1] = 'err'
+    set[#set + 1] = err
   else
-    redis.call('HDEL', x, 'err')
+    del[#del + 1] = 'err'
   end
+  for _, v in ipairs(extra or {}) do set[#set + 1] = v end
+  for _, v in ipairs(drop or {}) do del[#del + 1] = v end
+  redis.call('HSET', x, unpack(set))
+  redis.call('HDEL', x, unpack(del))
   redis.call('SREM', rkey(tid), eid)
 end
 
 -- A one-time task whose scheduled run ended without a retry is done.
 local function settle_one_time(tid, trig, status, retry)
+  if trig == 'manual' or retry then return end
   local t = tkey(tid)
-  if redis.call('EXISTS', t) == 0 then return end
-  if redis.call('HGET', t, 'cr') == '1' or trig == 'manual' or retry then return end
+  local cr = redis.call('HGET', t, 'cr')
+  if cr ~= '0' then return end
   if status == 'succeeded' then
     redis.call('HSET', t, 'st', 'completed')
   else
@@ -150,9 +164,9 @@ end
 -- Starts the queued occurrence of a task if nothing else of it runs.
 local function start_queued(tid, node, now, lease, new_id)
   local t = tkey(tid)
-  if redis.call('SCARD', rkey(tid)) > 0 then return nil end
   local q = redis.call('HGET', t, 'q')
   if not q then return nil end
+  if redis.call('SCARD', rkey(tid)) > 0 then return nil end
   redis.call('HDEL', t, 'q')
   local sf, att, trig = string.match(q, '^([^|]+)|([^|]+)|([^|]+)$')
   local f = {'id', new_id, 'task', tid, 'tn', redis.call('HGET', t, 'tn'), 'sf', sf,
@@ -281,12 +295,13 @@ redis.call('PUBLISH', channel, msg)
 return 'ok'
 "#;
 
-/// Claims. ARGV[3] = `1` if this call is a re-send of one whose reply was
-/// lost, ARGV[4] = number of claims, then per claim: task id, kind
-/// (`S`cheduled, `R`etry, `M`anual), for S: expected next_run, expected
-/// version, new next_run ("" none); for R: the failed execution id; then
-/// the number of missed records and each as (field count, fields...); then
-/// the execution as (field count, fields...), count 0 for none.
+/// Claims, each applied atomically and independently. ARGV[3] = `1` if
+/// this call is a re-send of one whose reply was lost, ARGV[4] = number of
+/// claims, then per claim: partition base, task id, kind (`S`cheduled,
+/// `R`etry, `M`anual), for S: expected next_run, expected version, new
+/// next_run ("" none); for R: the failed execution id; then the number of
+/// missed records and each as (field count, fields...); then the execution
+/// as (field count, fields...), count 0 for none.
 ///
 /// Returns one reply per claim: `{'S'}` started, `{'K', fields}` skipped,
 /// `{'Q'}` queued, `{'R', replaced ids...}` replaced, `{'A'}` advanced,
@@ -311,11 +326,15 @@ local function read_fields()
   return f
 end
 
+-- {'L', task fields} from an HMGET of d, nr, lr, v, en, st (d nil: gone).
+local function lost_reply(d, nr, lr, v, en, st)
+  if not d then return {'L'} end
+  return {'L', d, nr, lr, v, en, st}
+end
+
 local function lost(tid)
-  local r = task_reply(tid)
-  local out = {'L'}
-  for k = 1, #r do out[k + 1] = r[k] end
-  return out
+  local t = tkey(tid)
+  return lost_reply(unpack(redis.call('HMGET', t, unpack(TASK_FIELDS))))
 end
 
 -- The reply of a claim applied before (same execution id), or nil.
@@ -350,14 +369,15 @@ local function skipped(exec, now)
   return s
 end
 
-local function start_or_overlap(tid, exec)
+-- Starts `exec`, or applies the task's overlap policy if a run of it is
+-- still running. `set` holds task fields to write with a started run.
+local function start_or_overlap(tid, exec, set)
   local t = tkey(tid)
   local now = field(exec, 'sa')
   local replaced = {}
-  local running = redis.call('SMEMBERS', rkey(tid))
-  if #running > 0 then
-    local ov = redis.call('HGET', t, 'ov')
-    if ov == 'queue_one' and redis.call('HEXISTS', t, 'q') == 0 then
+  if redis.call('SCARD', rkey(tid)) > 0 then
+    local ov, q = unpack(redis.call('HMGET', t, 'ov', 'q'))
+    if ov == 'queue_one' and not q then
       redis.call('HSET', t, 'q',
         field(exec, 'sf') .. '|' .. field(exec, 'att') .. '|' .. field(exec, 'trig'))
       return {'Q'}
@@ -371,6 +391,7 @@ local function start_or_overlap(tid, exec)
       return lost(tid)
     elseif ov == 'replace' then
       local why = 'replaced by the run for ' .. rfc3339(field(exec, 'sf'))
+      local running = redis.call('SMEMBERS', rkey(tid))
       table.sort(running)
       for _, rid in ipairs(running) do
         end_running(tid, rid, 'abandoned', now, why)
@@ -379,7 +400,9 @@ local function start_or_overlap(tid, exec)
     end
   end
   if not insert_exec(tid, exec) then return lost(tid) end
-  redis.call('HSET', t, 'lr', now)
+  set[#set + 1] = 'lr'
+  set[#set + 1] = now
+  redis.call('HSET', t, unpack(set))
   if #replaced == 0 then return {'S'} end
   local out = {'R'}
   for _, rid in ipairs(replaced) do out[#out + 1] = rid end
@@ -388,45 +411,60 @@ end
 
 local function claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, exec)
   local t = tkey(tid)
-  if redis.call('EXISTS', t) == 0 then return {'L'} end
+  -- Task fields written with a started run (next_run, for a scheduled one).
+  local set = {}
   if kind == 'S' then
-    local en, nr, v = unpack(redis.call('HMGET', t, 'en', 'nr', 'v'))
+    local d, nr, lr, v, en, st = unpack(redis.call('HMGET', t, unpack(TASK_FIELDS)))
     if en ~= '1' or nr ~= exp_nr or v ~= exp_v then
-      return replay(tid, exec) or lost(tid)
+      return replay(tid, exec) or lost_reply(d, nr, lr, v, en, st)
     end
-    redis.call('ZREM', DUE, tid)
     if new_nr ~= '' then
       redis.call('ZADD', DUE, new_nr, tid)
-      redis.call('HSET', t, 'nr', new_nr)
+      set = {'nr', new_nr}
     else
+      redis.call('ZREM', DUE, tid)
       redis.call('HDEL', t, 'nr')
     end
     redis.call('HINCRBY', t, 'rv', 1)
-    local tn = redis.call('HGET', t, 'tn')
-    for _, m in ipairs(missed) do
-      m[#m + 1] = 'tn'
-      m[#m + 1] = tn
-      insert_exec(tid, m)
+    if #missed > 0 then
+      local tn = redis.call('HGET', t, 'tn')
+      for _, m in ipairs(missed) do
+        m[#m + 1] = 'tn'
+        m[#m + 1] = tn
+        insert_exec(tid, m)
+      end
     end
-  elseif kind == 'R' then
-    local x = xkey(failed)
-    local owner, retry = unpack(redis.call('HMGET', x, 'task', 'retry'))
-    if owner ~= tid or not retry then
-      return replay(tid, exec) or lost(tid)
+    if not exec then
+      if #set > 0 then redis.call('HSET', t, unpack(set)) end
+      return {'A'}
     end
-    redis.call('ZREM', RETRY, failed)
-    redis.call('HDEL', x, 'retry')
   else
-    local r = replay(tid, exec)
-    if r then return r end
+    if redis.call('EXISTS', t) == 0 then return {'L'} end
+    if kind == 'R' then
+      local x = xkey(failed)
+      local owner, retry = unpack(redis.call('HMGET', x, 'task', 'retry'))
+      if owner ~= tid or not retry then
+        return replay(tid, exec) or lost(tid)
+      end
+      redis.call('ZREM', RETRY, failed)
+      redis.call('HDEL', x, 'retry')
+    else
+      local r = replay(tid, exec)
+      if r then return r end
+    end
+    if not exec then return {'A'} end
   end
-  if not exec then return {'A'} end
-  return start_or_overlap(tid, exec)
+  local out = start_or_overlap(tid, exec, set)
+  if out[1] ~= 'S' and out[1] ~= 'R' and #set > 0 then
+    redis.call('HSET', t, unpack(set))
+  end
+  return out
 end
 
 local n = tonumber(ARGV[4])
 local out = {}
 for c = 1, n do
+  use_base(nxt())
   local tid, kind = nxt(), nxt()
   local exp_nr, exp_v, new_nr, failed
   if kind == 'S' then
@@ -456,47 +494,62 @@ redis.call('ZADD', LEASES, untl, eid)
 return 'ok'
 "#;
 
-/// Records a result. ARGV[3..]: execution id, fence, status, finished_at,
-/// has_error, error, has_output, output, retry_at ("" none), node,
-/// lease_until, id for a queued occurrence started here. Returns `{'OK'}`,
-/// `{'OK', started execution fields}`, `{'C', 'gone'}`, `{'C', 'taken'}`
-/// or `{'I'}` (status `running`). The same finish sent twice (a reply lost
-/// with the connection) is `{'OK'}` the second time.
+/// Records results, each atomically and independently. ARGV[3] = number
+/// of results, then per result: partition base, execution id, fence,
+/// status, finished_at, has_error, error, has_output, output, retry_at (""
+/// none), node, lease_until, id for a queued occurrence started here.
+/// Returns one reply per result: `{'OK'}`, `{'OK', started execution
+/// fields}`, `{'C', 'gone'}`, `{'C', 'taken'}` or `{'I'}` (status
+/// `running`). The same result sent twice (a reply lost with the
+/// connection) is `{'OK'}` the second time.
 const FINISH: &str = r#"
-local eid, fence, status, fa = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local has_err, err, has_out, output = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local retry, node, lease, new_id = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-local x = xkey(eid)
-local st, xf, tid, trig = unpack(redis.call('HMGET', x, 'st', 'fence', 'task', 'trig'))
-if not st then return {'C', 'gone'} end
-if st ~= 'running' or xf ~= fence then
-  if st == status and tonumber(xf) == tonumber(fence) + 1
-    and redis.call('HGET', x, 'fa') == fa then
-    return {'OK'}
+local function finish_one(eid, fence, status, fa, has_err, err, has_out, output, retry, node,
+    lease, new_id)
+  local x = xkey(eid)
+  local st, xf, tid, trig, xfa =
+    unpack(redis.call('HMGET', x, 'st', 'fence', 'task', 'trig', 'fa'))
+  if not st then return {'C', 'gone'} end
+  if st ~= 'running' or xf ~= fence then
+    if st == status and tonumber(xf) == tonumber(fence) + 1 and xfa == fa then
+      return {'OK'}
+    end
+    return {'C', 'taken'}
   end
-  return {'C', 'taken'}
+  if status == 'running' then return {'I'} end
+  local e = nil
+  if has_err == '1' then e = err end
+  local extra, drop = {}, {}
+  if has_out == '1' then
+    extra = {'out', output}
+  else
+    drop = {'out'}
+  end
+  local awaiting = nil
+  if retry ~= '' and status ~= 'succeeded' then
+    extra[#extra + 1] = 'retry'
+    extra[#extra + 1] = retry
+    redis.call('ZADD', RETRY, retry, eid)
+    awaiting = retry
+  end
+  end_running(tid, eid, status, fa, e, extra, drop)
+  settle_one_time(tid, trig, status, awaiting)
+  local started = start_queued(tid, node, fa, lease, new_id)
+  trim(tid)
+  local out = {'OK'}
+  if started then
+    for _, v in ipairs(started) do out[#out + 1] = v end
+  end
+  return out
 end
-if status == 'running' then return {'I'} end
-local e = nil
-if has_err == '1' then e = err end
-end_running(tid, eid, status, fa, e)
-if has_out == '1' then
-  redis.call('HSET', x, 'out', output)
-else
-  redis.call('HDEL', x, 'out')
-end
-local awaiting = nil
-if retry ~= '' and status ~= 'succeeded' then
-  redis.call('HSET', x, 'retry', retry)
-  redis.call('ZADD', RETRY, retry, eid)
-  awaiting = retry
-end
-settle_one_time(tid, trig, status, awaiting)
-local started = start_queued(tid, node, fa, lease, new_id)
-trim(tid)
-local out = {'OK'}
-if started then
-  for _, v in ipairs(started) do out[#out + 1] = v end
+
+local out = {}
+local i = 4
+for c = 1, tonumber(ARGV[3]) do
+  use_base(ARGV[i])
+  out[c] = finish_one(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
+    ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11],
+    ARGV[i + 12])
+  i = i + 13
 end
 return out
 "#;

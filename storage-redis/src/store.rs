@@ -16,7 +16,7 @@ use tickwheel::store::{
     ExecutionQuery, Finish, FinishOutcome, MAX_PAGE, Recovered, TaskPage,
 };
 use tickwheel::{Error, Execution, ExecutionId, ExecutionStatus, Store, Task, TaskId, TaskPatch};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
@@ -194,6 +194,9 @@ impl std::fmt::Debug for RedisStore {
 
 struct Shared {
     conn: Conn,
+    /// Whether the server is a cluster: then a script call stays within
+    /// one partition (one slot); on a single server a batch spans them.
+    cluster: bool,
     prefix: String,
     /// `{prefix:pK}` for each partition K.
     bases: Vec<String>,
@@ -207,6 +210,89 @@ struct Shared {
     /// The partition of each execution this store started and that has not
     /// finished, so renew and finish go straight to it.
     owners: Mutex<HashMap<ExecutionId, usize>>,
+    /// Results waiting to be sent, batched (see `RedisStore::finish_batched`).
+    finishes: Mutex<FinishQueue>,
+}
+
+#[derive(Default)]
+struct FinishQueue {
+    jobs: Vec<FinishJob>,
+    /// A task is sending batches; new jobs join its next one.
+    flushing: bool,
+}
+
+/// One result waiting in the queue, with where its reply goes.
+struct FinishJob {
+    partition: usize,
+    item: FinishItem,
+    reply: oneshot::Sender<Result<Vec<Value>, Error>>,
+}
+
+/// A [`Finish`] encoded for the finish script.
+struct FinishItem {
+    id: String,
+    fence: u64,
+    status: String,
+    finished_at: String,
+    error: Option<String>,
+    output: Option<String>,
+    retry_at: String,
+    node: String,
+    lease_until: String,
+    queued_id: String,
+}
+
+impl FinishItem {
+    fn new(f: Finish) -> Self {
+        Self {
+            id: f.id.to_string(),
+            fence: f.fence,
+            status: name_of(&f.status),
+            finished_at: micros(f.finished_at),
+            error: f.error.map(|s| truncate(s, MAX_ERROR_BYTES)),
+            output: f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES)),
+            retry_at: f.retry_at.map(micros).unwrap_or_default(),
+            node: f.node,
+            lease_until: micros(f.lease_until),
+            queued_id: ExecutionId::new().to_string(),
+        }
+    }
+
+    /// Appends the item to a finish script call (layout in `scripts::FINISH`).
+    fn encode(&self, inv: &mut ScriptInvocation<'static>, base: &str) {
+        inv.arg(base)
+            .arg(&self.id)
+            .arg(self.fence)
+            .arg(&self.status)
+            .arg(&self.finished_at)
+            .arg(if self.error.is_some() { "1" } else { "0" })
+            .arg(self.error.as_deref().unwrap_or(""))
+            .arg(if self.output.is_some() { "1" } else { "0" })
+            .arg(self.output.as_deref().unwrap_or(""))
+            .arg(&self.retry_at)
+            .arg(&self.node)
+            .arg(&self.lease_until)
+            .arg(&self.queued_id);
+    }
+}
+
+/// Most items in one claim or finish script call, so one call never holds
+/// the server for long.
+const SCRIPT_BATCH: usize = 256;
+
+/// The same error again, for every item of a failed batch.
+fn same_error(e: &Error) -> Error {
+    if e.is_transient() {
+        Error::Unavailable {
+            backend: crate::codec::BACKEND,
+            source: e.to_string().into(),
+        }
+    } else {
+        Error::Backend {
+            backend: crate::codec::BACKEND,
+            source: e.to_string().into(),
+        }
+    }
 }
 
 impl Drop for Shared {
@@ -251,6 +337,7 @@ impl RedisStore {
         let (changes, _) = broadcast::channel(4096);
         let store = Self {
             shared: Arc::new(Shared {
+                cluster: matches!(conn, Conn::Cluster(_)),
                 conn,
                 channel: format!("{prefix}:changes"),
                 prefix,
@@ -261,6 +348,7 @@ impl RedisStore {
                 feed_ready: Mutex::new(None),
                 stop: CancellationToken::new(),
                 owners: Mutex::new(HashMap::new()),
+                finishes: Mutex::new(FinishQueue::default()),
             }),
         };
         store.check_partitions(options.partitions).await?;
@@ -430,9 +518,16 @@ impl RedisStore {
         .encode()
     }
 
-    /// Runs the claims `idx` of partition `p`, re-sending the same call
-    /// (marked as a re-send) while the connection is being re-established.
-    async fn claim_partition(
+    /// The script call a partition's items go in: their own partition's in
+    /// a cluster, one for all on a single server.
+    fn group_of(&self, p: usize) -> usize {
+        if self.shared.cluster { p } else { 0 }
+    }
+
+    /// Runs the claims `idx` in one call routed to partition `p`,
+    /// re-sending the same call (marked as a re-send) while the connection
+    /// is being re-established.
+    async fn claim_group(
         &self,
         p: usize,
         claims: &[Claim],
@@ -445,7 +540,8 @@ impl RedisStore {
             let mut inv = self.invocation(&CLAIM_SCRIPT, p);
             inv.arg(if resend { "1" } else { "0" }).arg(idx.len());
             for &i in idx {
-                encode_claim(&mut inv, &claims[i]);
+                let claim = &claims[i];
+                encode_claim(&mut inv, self.base(self.partition(claim.task_id)), claim);
             }
             match self.eval::<Value>(&inv).await {
                 Err(err)
@@ -591,6 +687,96 @@ impl RedisStore {
                 },
                 other => return other,
             }
+        }
+    }
+
+    /// Queues a result for partition `p` and waits for its reply. Results
+    /// queued while a batch is on the wire go together in the next one
+    /// (group commit): one script call per batch on a single server, one
+    /// per partition in a cluster.
+    async fn finish_batched(&self, p: usize, item: FinishItem) -> Result<Vec<Value>, Error> {
+        let (tx, rx) = oneshot::channel();
+        let start_flusher = {
+            let mut q = self.finish_queue();
+            q.jobs.push(FinishJob {
+                partition: p,
+                item,
+                reply: tx,
+            });
+            !std::mem::replace(&mut q.flushing, true)
+        };
+        if start_flusher {
+            tokio::spawn(self.clone().flush_finishes());
+        }
+        rx.await.map_err(|_| Error::Unavailable {
+            backend: crate::codec::BACKEND,
+            source: "the result batch was dropped".into(),
+        })?
+    }
+
+    fn finish_queue(&self) -> std::sync::MutexGuard<'_, FinishQueue> {
+        // Plain data; a panic elsewhere cannot break it.
+        self.shared
+            .finishes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends queued results until the queue is empty.
+    async fn flush_finishes(self) {
+        loop {
+            let jobs = {
+                let mut q = self.finish_queue();
+                if q.jobs.is_empty() {
+                    q.flushing = false;
+                    return;
+                }
+                std::mem::take(&mut q.jobs)
+            };
+            let mut groups: Vec<Vec<FinishJob>> =
+                (0..self.partitions()).map(|_| Vec::new()).collect();
+            for job in jobs {
+                groups[self.group_of(job.partition)].push(job);
+            }
+            let mut batches = Vec::new();
+            for (p, mut jobs) in groups.into_iter().enumerate() {
+                while !jobs.is_empty() {
+                    let rest = jobs.split_off(jobs.len().min(SCRIPT_BATCH));
+                    batches.push((p, std::mem::replace(&mut jobs, rest)));
+                }
+            }
+            let this = &self;
+            join_all(batches.into_iter().map(|(p, jobs)| async move {
+                let mut inv = this.invocation(&FINISH_SCRIPT, p);
+                inv.arg(jobs.len());
+                for job in &jobs {
+                    job.item.encode(&mut inv, this.base(job.partition));
+                }
+                let replies = this
+                    .eval::<Value>(&inv)
+                    .await
+                    .and_then(array)
+                    .and_then(|r| {
+                        if r.len() == jobs.len() {
+                            Ok(r)
+                        } else {
+                            Err(corrupt("finish: one reply per result expected"))
+                        }
+                    });
+                match replies {
+                    Ok(replies) => {
+                        for (job, reply) in jobs.into_iter().zip(replies) {
+                            let _ = job.reply.send(array(reply));
+                        }
+                    }
+                    Err(err) => {
+                        for job in jobs {
+                            let _ = job.reply.send(Err(same_error(&err)));
+                        }
+                    }
+                }
+            }))
+            .await;
         }
     }
 
@@ -975,70 +1161,62 @@ impl Store for RedisStore {
     async fn claim(&self, claims: Vec<Claim>) -> Result<Vec<ClaimOutcome>, Error> {
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.partitions()];
         for (i, c) in claims.iter().enumerate() {
-            groups[self.partition(c.task_id)].push(i);
+            groups[self.group_of(self.partition(c.task_id))].push(i);
         }
         let calls = groups
             .iter()
             .enumerate()
-            .filter(|(_, idx)| !idx.is_empty())
+            .flat_map(|(p, idx)| idx.chunks(SCRIPT_BATCH).map(move |chunk| (p, chunk)))
             .map(|(p, idx)| {
                 let claims = &claims;
-                async move { Ok::<_, Error>((p, self.claim_partition(p, claims, idx).await?)) }
+                async move { Ok::<_, Error>((idx, self.claim_group(p, claims, idx).await?)) }
             })
             .collect::<Vec<_>>();
         let replies = try_join_all(calls).await?;
-        let mut slots: Vec<Option<(usize, Value)>> = (0..claims.len()).map(|_| None).collect();
-        for (p, reply) in replies {
-            for (&i, r) in groups[p].iter().zip(reply) {
-                slots[i] = Some((p, r));
+        let mut slots: Vec<Option<Value>> = (0..claims.len()).map(|_| None).collect();
+        for (idx, reply) in replies {
+            for (&i, r) in idx.iter().zip(reply) {
+                slots[i] = Some(r);
             }
         }
         claims
             .into_iter()
             .zip(slots)
-            .map(|(claim, slot)| {
-                let (p, reply) = slot.ok_or_else(|| corrupt("claim without a reply"))?;
-                self.claim_outcome(p, claim, reply)
+            .map(|(claim, reply)| {
+                let reply = reply.ok_or_else(|| corrupt("claim without a reply"))?;
+                self.claim_outcome(self.partition(claim.task_id), claim, reply)
             })
             .collect()
     }
 
     async fn finish(&self, f: Finish) -> Result<FinishOutcome, Error> {
-        let error = f.error.map(|s| truncate(s, MAX_ERROR_BYTES));
-        let output = f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES));
-        let retry_at = f.retry_at.map(micros).unwrap_or_default();
-        let queued_id = ExecutionId::new();
-        let (error, output, retry_at) = (&error, &output, &retry_at);
-        let (status, finished_at, lease_until) = (
-            name_of(&f.status),
-            micros(f.finished_at),
-            micros(f.lease_until),
-        );
-        let (status, finished_at, lease_until) = (&status, &finished_at, &lease_until);
-        let node = &f.node;
-        let tries = self.partitions_of(f.id).into_iter().map(|p| async move {
-            let mut inv = self.invocation(&FINISH_SCRIPT, p);
-            inv.arg(f.id.to_string())
-                .arg(f.fence)
-                .arg(status)
-                .arg(finished_at)
-                .arg(if error.is_some() { "1" } else { "0" })
-                .arg(error.as_deref().unwrap_or(""))
-                .arg(if output.is_some() { "1" } else { "0" })
-                .arg(output.as_deref().unwrap_or(""))
-                .arg(retry_at)
-                .arg(node)
-                .arg(lease_until)
-                .arg(queued_id.to_string());
-            Ok::<_, Error>((p, array(self.eval::<Value>(&inv).await?)?))
-        });
-        let answers = try_join_all(tries).await?;
+        let id = f.id;
+        let item = FinishItem::new(f);
+        let parts = self.partitions_of(id);
+        let answers: Vec<(usize, Vec<Value>)> = if let [p] = parts[..] {
+            vec![(p, self.finish_batched(p, item).await?)]
+        } else {
+            // Started through another store instance: ask every partition.
+            let item = &item;
+            try_join_all(parts.into_iter().map(|p| async move {
+                let mut inv = self.invocation(&FINISH_SCRIPT, p);
+                inv.arg(1);
+                item.encode(&mut inv, self.base(p));
+                let reply = array(self.eval::<Value>(&inv).await?)?;
+                let first = reply
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| corrupt("empty finish reply"))?;
+                Ok::<_, Error>((p, array(first)?))
+            }))
+            .await?
+        };
         let mut taken = false;
         for (p, reply) in answers {
             let kind = reply.first().map(bytes).transpose()?.flatten();
             match kind.as_deref() {
                 Some(b"OK") => {
-                    self.forget(f.id);
+                    self.forget(id);
                     let started = if reply.len() > 1 {
                         let e = exec_from_pairs(&strings(&reply[1..])?)?;
                         self.remember(e.id, p);
@@ -1061,11 +1239,11 @@ impl Store for RedisStore {
                 _ => return Err(corrupt("unknown finish reply")),
             }
         }
-        self.forget(f.id);
+        self.forget(id);
         Err(Error::conflict(if taken {
-            format!("execution {} was taken over", f.id)
+            format!("execution {id} was taken over")
         } else {
-            format!("execution {} is no longer running", f.id)
+            format!("execution {id} is no longer running")
         }))
     }
 
@@ -1142,8 +1320,8 @@ impl Store for RedisStore {
 }
 
 /// Appends one claim to a claim script call (layout in `scripts::CLAIM`).
-fn encode_claim(inv: &mut ScriptInvocation<'static>, c: &Claim) {
-    inv.arg(c.task_id.to_string());
+fn encode_claim(inv: &mut ScriptInvocation<'static>, base: &str, c: &Claim) {
+    inv.arg(base).arg(c.task_id.to_string());
     match &c.kind {
         ClaimKind::Scheduled {
             expected_next_run,

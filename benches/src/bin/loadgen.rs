@@ -88,8 +88,26 @@ async fn make_store(kind: &str, seconds: u64) -> Result<Arc<dyn Store>> {
     if kind == "memory" {
         return Ok(Arc::new(MemoryStore::with_retention(retention)));
     }
-    // PostgreSQL (`postgres://…`) and Redis (`redis://…`) arms go here.
-    bail!("--store {kind:?}: expected `memory`")
+    if kind.starts_with("redis://") {
+        // A fresh key prefix per run; several comma-separated node URLs
+        // mean a Redis Cluster.
+        let builder = tickwheel_redis::RedisStore::builder()
+            .prefix(format!(
+                "loadgen-{}-{}",
+                std::process::id(),
+                Utc::now().timestamp_micros()
+            ))
+            .retention(retention);
+        let urls: Vec<&str> = kind.split(',').map(str::trim).collect();
+        let store = if urls.len() > 1 {
+            builder.connect_cluster(&urls).await?
+        } else {
+            builder.connect(kind).await?
+        };
+        return Ok(Arc::new(store));
+    }
+    // The PostgreSQL (`postgres://…`) arm goes here.
+    bail!("--store {kind:?}: expected `memory` or `redis://…`")
 }
 
 /// Resident set (current, peak) in MiB, from /proc.
