@@ -1,5 +1,84 @@
-//! Redis store for tickwheel.
+//! Redis store for tickwheel: [`RedisStore`] implements the
+//! [`Store`](tickwheel::Store) contract on one Redis server or a Redis
+//! Cluster, with every atomic step a Lua script.
 //!
-//! Not built yet: this crate is a placeholder in the workspace so the layout
-//! of the project is fixed from the start. `RedisStore` arrives with its own
-//! issue (Redis store); until then nothing here is public.
+//! ```no_run
+//! # async fn demo() -> Result<(), tickwheel::Error> {
+//! use std::sync::Arc;
+//! use tickwheel::{Scheduler, executor_fn};
+//! use tickwheel_redis::RedisStore;
+//!
+//! let store = RedisStore::builder()
+//!     .prefix("billing")
+//!     .connect("redis://127.0.0.1:6379/")
+//!     .await?;
+//! let scheduler = Scheduler::builder(Arc::new(store), executor_fn(|_run| async { Ok(None) }))
+//!     .start();
+//! # let _ = scheduler; Ok(()) }
+//! ```
+//!
+//! # Key layout
+//!
+//! Everything lives under a key prefix `P` (default `tickwheel`). Tasks are
+//! spread over `N` partitions (default 16): task `id` belongs to partition
+//! `k = low 64 bits of id mod N`. All keys of a partition share the hash tag
+//! `{P:pk}`, so in a cluster they sit in one slot and the partitions spread
+//! over the nodes. Under `B = {P:pk}`:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `B:t:<task>` | hash | the task: its definition as JSON (`d`) and the fields scripts use (next run, last run, version, enabled, status, overlap, retry policy, tenant, a revision counter, the queued occurrence) |
+//! | `B:r:<task>` | set | ids of the task's running executions |
+//! | `B:h:<task>` | sorted set | the task's executions: score `scheduled_for`, member `<attempt, 10 digits>:<execution id>` (newest first = reverse order) |
+//! | `B:x:<execution>` | hash | one execution, a field per attribute |
+//! | `B:due` | sorted set | enabled tasks by next run (the due index) |
+//! | `B:leases` | sorted set | running executions by lease end |
+//! | `B:retry` | sorted set | failed attempts by the time their retry is due |
+//! | `B:tn:<tenant>` | sorted set | the tenant's tasks of this partition, by id |
+//!
+//! Plus `{P}:conf` (the partition count, checked when a store connects) and
+//! the pub/sub channel `P:changes`. Times are integer microseconds since the
+//! Unix epoch: the store keeps microsecond precision (times come back cut to
+//! the microsecond, as from PostgreSQL). The caller's `now` is the only
+//! clock: no script reads Redis's time.
+//!
+//! # Guarantees
+//!
+//! - Every write is one Lua script over the keys of one partition, so it is
+//!   atomic in a cluster too: create, update (a compare-and-set on the
+//!   task's revision, which claims and bookkeeping also bump, so an update
+//!   never writes back a stale `next_run`), delete, claim, renew, fenced
+//!   finish, recovery and the retention trim (done inside the claim and
+//!   finish scripts). Nothing is read by the client and written back.
+//! - [`Store::claim`](tickwheel::Store::claim) groups the claims by
+//!   partition and sends one script call per partition, all at once on the
+//!   multiplexed connection. Each claim in a call is applied atomically and
+//!   independently, with the memory store's semantics for every claim kind
+//!   and overlap policy. A claim batch whose reply is lost with the
+//!   connection is re-sent for a few seconds: a claim whose execution id is
+//!   already stored is answered as it was the first time, never applied
+//!   twice. Likewise a finish re-sent after its reply was lost succeeds.
+//! - Listing a tenant's tasks and the due scan read every partition and
+//!   merge in order (reading each in small chunks), so pages are in global
+//!   `id` / `(next_run, id)` order.
+//! - Renew and finish find an execution's partition from a map of the
+//!   executions this store started; one started through another store
+//!   instance is looked for in every partition.
+//! - The change feed is pub/sub: create, update and delete publish from
+//!   inside their script. A dedicated connection receives; after it is
+//!   lost it resubscribes and emits [`Change::Resync`](tickwheel::store::Change::Resync)
+//!   so engines rescan. Claims publish nothing (engines learn of them from
+//!   their own claims and scans).
+//! - Connection failures, timeouts and cluster reconfiguration are
+//!   [`Error::Unavailable`](tickwheel::Error::Unavailable); the connection
+//!   re-establishes itself.
+//! - Durability is the server's: enable AOF (`appendonly yes`) or RDB
+//!   snapshots for tasks to survive a Redis restart.
+
+mod codec;
+mod conn;
+mod feed;
+mod scripts;
+mod store;
+
+pub use store::{DEFAULT_PARTITIONS, DEFAULT_PREFIX, RedisStore, RedisStoreBuilder};

@@ -99,8 +99,25 @@ async fn make_store(kind: &str, seconds: u64) -> Result<Arc<dyn Store>> {
             .await?;
         return Ok(Arc::new(store));
     }
-    // The Redis (`redis://…`) arm goes here.
-    bail!("--store {kind:?}: expected `memory` or `postgres://…`")
+    if kind.starts_with("redis://") {
+        // A fresh key prefix per run; several comma-separated node URLs
+        // mean a Redis Cluster.
+        let builder = tickwheel_redis::RedisStore::builder()
+            .prefix(format!(
+                "loadgen-{}-{}",
+                std::process::id(),
+                Utc::now().timestamp_micros()
+            ))
+            .retention(retention);
+        let urls: Vec<&str> = kind.split(',').map(str::trim).collect();
+        let store = if urls.len() > 1 {
+            builder.connect_cluster(&urls).await?
+        } else {
+            builder.connect(kind).await?
+        };
+        return Ok(Arc::new(store));
+    }
+    bail!("--store {kind:?}: expected `memory`, `postgres://…` or `redis://…`")
 }
 
 /// Resident set (current, peak) in MiB, from /proc.

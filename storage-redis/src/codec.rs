@@ -1,0 +1,375 @@
+//! How tasks, executions and times are written to Redis and read back, and
+//! how Redis failures map onto [`tickwheel::Error`].
+//!
+//! Times are decimal microseconds since the Unix epoch (the store keeps
+//! microsecond precision, as PostgreSQL does). A task is a hash: its whole
+//! definition as JSON in `d`, plus the fields the scripts read or write
+//! (`nr` next run, `lr` last run, `v` version, `en` enabled, `st` status,
+//! `ov` overlap, `mr` max retries, `bo` backoff, `cr` is cron, `tn` tenant,
+//! `rv` revision, `q` queued occurrence); `nr`, `lr` and `st` override the
+//! JSON, which is only rewritten by updates. An execution is a hash of its
+//! fields, absent fields being `None`.
+
+use chrono::{DateTime, Utc};
+use redis::{RedisError, Value};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tickwheel::{Error, Execution, Task};
+
+pub(crate) const BACKEND: &str = "redis";
+
+/// The task fields a script returns for a task, in this order.
+pub(crate) const TASK_FIELDS: [&str; 6] = ["d", "nr", "lr", "v", "en", "st"];
+
+/// A Redis failure as the store contract's error: lost or refused
+/// connections, timeouts and cluster reconfiguration are
+/// [`Error::Unavailable`]; anything else is [`Error::Backend`].
+pub(crate) fn redis_error(e: RedisError) -> Error {
+    use redis::ErrorKind as K;
+    let transient = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            K::BusyLoadingError
+                | K::MasterDown
+                | K::ReadOnly
+                | K::ClusterConnectionNotFound
+                | K::TryAgain
+                | K::ClusterDown
+        );
+    if transient {
+        Error::Unavailable {
+            backend: BACKEND,
+            source: Box::new(e),
+        }
+    } else {
+        Error::Backend {
+            backend: BACKEND,
+            source: Box::new(e),
+        }
+    }
+}
+
+/// A reply that does not have the shape the scripts write.
+pub(crate) fn corrupt(what: impl Into<String>) -> Error {
+    Error::Backend {
+        backend: BACKEND,
+        source: what.into().into(),
+    }
+}
+
+/// `t` in microseconds, as text.
+pub(crate) fn micros(t: DateTime<Utc>) -> String {
+    t.timestamp_micros().to_string()
+}
+
+/// `t` cut to the microsecond, as the store keeps it.
+pub(crate) fn trunc(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+/// A time written by [`micros`] (or a score Redis formatted).
+pub(crate) fn parse_micros(text: &[u8]) -> Result<DateTime<Utc>, Error> {
+    let s = std::str::from_utf8(text).map_err(|_| corrupt("time is not text"))?;
+    let us = match s.parse::<i64>() {
+        Ok(us) => us,
+        // Scores come back as doubles; they hold microseconds exactly.
+        Err(_) => s
+            .parse::<f64>()
+            .map_err(|_| corrupt(format!("bad time {s:?}")))? as i64,
+    };
+    DateTime::from_timestamp_micros(us).ok_or_else(|| corrupt(format!("time out of range {s:?}")))
+}
+
+/// The serde name of a unit enum variant (`"timed_out"`).
+pub(crate) fn name_of<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// The variant of a unit enum from its serde name.
+pub(crate) fn parse_name<T: DeserializeOwned>(text: &[u8]) -> Result<T, Error> {
+    let s = std::str::from_utf8(text).map_err(|_| corrupt("name is not text"))?;
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| corrupt(format!("unknown name {s:?}")))
+}
+
+fn text(bytes: &[u8]) -> Result<String, Error> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| corrupt("stored text is not UTF-8"))
+}
+
+fn number<T: std::str::FromStr>(bytes: &[u8]) -> Result<T, Error> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| corrupt("bad stored number"))
+}
+
+/// The fields of an execution hash (including `id`, which scripts append
+/// to replies), in the order scripts expect them for new executions.
+pub(crate) fn exec_fields(e: &Execution) -> Vec<(&'static str, String)> {
+    let mut f = Vec::with_capacity(16);
+    f.push(("id", e.id.to_string()));
+    f.push(("task", e.task_id.to_string()));
+    f.push(("tn", e.tenant.clone()));
+    f.push(("sf", micros(e.scheduled_for)));
+    f.push(("sa", micros(e.started_at)));
+    if let Some(t) = e.finished_at {
+        f.push(("fa", micros(t)));
+    }
+    if let Some(d) = e.duration_ms {
+        f.push(("dur", d.to_string()));
+    }
+    f.push(("att", e.attempt.to_string()));
+    f.push(("st", name_of(&e.status)));
+    if let Some(err) = &e.error {
+        f.push(("err", err.clone()));
+    }
+    if let Some(out) = &e.output {
+        f.push(("out", out.clone()));
+    }
+    f.push(("node", e.node.clone()));
+    f.push(("trig", name_of(&e.trigger)));
+    if let Some(t) = e.lease_until {
+        f.push(("lease", micros(t)));
+    }
+    f.push(("fence", e.fence.to_string()));
+    if let Some(t) = e.retry_at {
+        f.push(("retry", micros(t)));
+    }
+    f
+}
+
+/// An execution with every time cut to the microsecond, as stored.
+pub(crate) fn trunc_exec(mut e: Execution) -> Execution {
+    e.scheduled_for = trunc(e.scheduled_for);
+    e.started_at = trunc(e.started_at);
+    e.finished_at = e.finished_at.map(trunc);
+    e.lease_until = e.lease_until.map(trunc);
+    e.retry_at = e.retry_at.map(trunc);
+    e
+}
+
+/// An execution from a flat field/value list.
+pub(crate) fn exec_from_pairs(pairs: &[Vec<u8>]) -> Result<Execution, Error> {
+    let mut id = None;
+    let mut task_id = None;
+    let mut tenant = None;
+    let mut scheduled_for = None;
+    let mut started_at = None;
+    let mut finished_at = None;
+    let mut duration_ms = None;
+    let mut attempt = None;
+    let mut status = None;
+    let mut error = None;
+    let mut output = None;
+    let mut node = None;
+    let mut trigger = None;
+    let mut lease_until = None;
+    let mut fence = None;
+    let mut retry_at = None;
+    for pair in pairs.chunks(2) {
+        let [name, value] = pair else {
+            return Err(corrupt("odd execution field list"));
+        };
+        match name.as_slice() {
+            b"id" => id = Some(text(value)?.parse().map_err(|_| corrupt("bad id"))?),
+            b"task" => task_id = Some(text(value)?.parse().map_err(|_| corrupt("bad task"))?),
+            b"tn" => tenant = Some(text(value)?),
+            b"sf" => scheduled_for = Some(parse_micros(value)?),
+            b"sa" => started_at = Some(parse_micros(value)?),
+            b"fa" => finished_at = Some(parse_micros(value)?),
+            b"dur" => duration_ms = Some(number(value)?),
+            b"att" => attempt = Some(number(value)?),
+            b"st" => status = Some(parse_name(value)?),
+            b"err" => error = Some(text(value)?),
+            b"out" => output = Some(text(value)?),
+            b"node" => node = Some(text(value)?),
+            b"trig" => trigger = Some(parse_name(value)?),
+            b"lease" => lease_until = Some(parse_micros(value)?),
+            b"fence" => fence = Some(number(value)?),
+            b"retry" => retry_at = Some(parse_micros(value)?),
+            _ => {}
+        }
+    }
+    let missing = |what: &str| corrupt(format!("execution without {what}"));
+    Ok(Execution {
+        id: id.ok_or_else(|| missing("id"))?,
+        task_id: task_id.ok_or_else(|| missing("task"))?,
+        tenant: tenant.ok_or_else(|| missing("tenant"))?,
+        scheduled_for: scheduled_for.ok_or_else(|| missing("scheduled_for"))?,
+        started_at: started_at.ok_or_else(|| missing("started_at"))?,
+        finished_at,
+        duration_ms,
+        attempt: attempt.ok_or_else(|| missing("attempt"))?,
+        status: status.ok_or_else(|| missing("status"))?,
+        error,
+        output,
+        node: node.ok_or_else(|| missing("node"))?,
+        trigger: trigger.ok_or_else(|| missing("trigger"))?,
+        lease_until,
+        fence: fence.ok_or_else(|| missing("fence"))?,
+        retry_at,
+    })
+}
+
+/// The hash fields a task is written with (besides `d`, `tn`, `rv`).
+pub(crate) struct TaskFields {
+    pub(crate) d: String,
+    pub(crate) next_run: String,
+    pub(crate) last_run: String,
+    pub(crate) version: String,
+    pub(crate) enabled: &'static str,
+    pub(crate) status: String,
+    pub(crate) overlap: String,
+    pub(crate) max_retries: String,
+    pub(crate) backoff_ms: String,
+    pub(crate) is_cron: &'static str,
+}
+
+impl TaskFields {
+    pub(crate) fn of(task: &Task) -> Result<Self, Error> {
+        Ok(Self {
+            d: serde_json::to_string(task).map_err(|e| corrupt(e.to_string()))?,
+            next_run: task.next_run.map(micros).unwrap_or_default(),
+            last_run: task.last_run.map(micros).unwrap_or_default(),
+            version: task.version.to_string(),
+            enabled: if task.enabled { "1" } else { "0" },
+            status: name_of(&task.status),
+            overlap: name_of(&task.policy.overlap),
+            max_retries: task.policy.max_retries.to_string(),
+            backoff_ms: task.policy.retry_backoff_ms.to_string(),
+            is_cron: if task.schedule.is_some() { "1" } else { "0" },
+        })
+    }
+}
+
+/// A task with its bookkeeping times cut to the microsecond, as stored.
+pub(crate) fn trunc_task(mut task: Task) -> Task {
+    task.next_run = task.next_run.map(trunc);
+    task.last_run = task.last_run.map(trunc);
+    task
+}
+
+/// A task from the [`TASK_FIELDS`] of its hash; `None` if `d` is absent
+/// (the task does not exist).
+pub(crate) fn task_from_fields(f: &[Option<Vec<u8>>]) -> Result<Option<Task>, Error> {
+    let Some(Some(d)) = f.first() else {
+        return Ok(None);
+    };
+    let mut task: Task =
+        serde_json::from_slice(d).map_err(|e| corrupt(format!("stored task: {e}")))?;
+    let get = |i: usize| f.get(i).and_then(|v| v.as_deref());
+    task.next_run = get(1).map(parse_micros).transpose()?;
+    task.last_run = get(2).map(parse_micros).transpose()?;
+    if let Some(v) = get(3) {
+        task.version = number(v)?;
+    }
+    if let Some(en) = get(4) {
+        task.enabled = en == b"1";
+    }
+    if let Some(st) = get(5) {
+        task.status = parse_name(st)?;
+    }
+    Ok(Some(task))
+}
+
+/// The bytes of a bulk or simple string reply; `None` for nil.
+pub(crate) fn bytes(v: &Value) -> Result<Option<Vec<u8>>, Error> {
+    match v {
+        Value::Nil => Ok(None),
+        Value::BulkString(b) => Ok(Some(b.clone())),
+        Value::SimpleString(s) => Ok(Some(s.clone().into_bytes())),
+        Value::Okay => Ok(Some(b"OK".to_vec())),
+        Value::Int(i) => Ok(Some(i.to_string().into_bytes())),
+        other => Err(corrupt(format!("expected a string, got {other:?}"))),
+    }
+}
+
+/// The items of an array reply.
+pub(crate) fn array(v: Value) -> Result<Vec<Value>, Error> {
+    match v {
+        Value::Array(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(corrupt(format!("expected an array, got {other:?}"))),
+    }
+}
+
+/// An array of strings (nil items are errors).
+pub(crate) fn strings(items: &[Value]) -> Result<Vec<Vec<u8>>, Error> {
+    items
+        .iter()
+        .map(|v| bytes(v)?.ok_or_else(|| corrupt("unexpected nil")))
+        .collect()
+}
+
+/// An array of optional strings.
+pub(crate) fn opt_strings(items: &[Value]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    items.iter().map(bytes).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tickwheel::{ExecutionStatus, NewTask, Trigger};
+
+    #[test]
+    fn execution_fields_round_trip() {
+        let now: DateTime<Utc> = "2030-01-01T00:00:00.123456789Z".parse().unwrap();
+        let task = NewTask::cron("n", "a", "* * * * *")
+            .validate("t\0{x}|\"", now)
+            .unwrap();
+        let mut e = Execution::start(
+            &task,
+            now,
+            3,
+            Trigger::Retry,
+            "node \u{1}",
+            now,
+            now + chrono::Duration::seconds(30),
+        );
+        e.status = ExecutionStatus::TimedOut;
+        e.error = Some(String::new());
+        e.output = Some("a|b\0c".into());
+        e.retry_at = Some(now);
+        let e = trunc_exec(e);
+        let flat: Vec<Vec<u8>> = exec_fields(&e)
+            .into_iter()
+            .flat_map(|(k, v)| [k.as_bytes().to_vec(), v.into_bytes()])
+            .collect();
+        assert_eq!(exec_from_pairs(&flat).unwrap(), e);
+        assert_eq!(e.started_at.timestamp_subsec_nanos(), 123_456_000);
+    }
+
+    #[test]
+    fn task_fields_round_trip() {
+        let now: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
+        let task = NewTask::cron("n", "a", "* * * * *")
+            .validate("t", now)
+            .unwrap();
+        let f = TaskFields::of(&task).unwrap();
+        let fields = vec![
+            Some(f.d.into_bytes()),
+            Some(f.next_run.into_bytes()),
+            None,
+            Some(f.version.into_bytes()),
+            Some(f.enabled.as_bytes().to_vec()),
+            Some(f.status.into_bytes()),
+        ];
+        assert_eq!(task_from_fields(&fields).unwrap(), Some(task));
+        assert_eq!(task_from_fields(&[None]).unwrap(), None);
+    }
+
+    #[test]
+    fn scores_parse_as_micros() {
+        let t = parse_micros(b"1893456060000000").unwrap();
+        assert_eq!(micros(t), "1893456060000000");
+        assert_eq!(parse_micros(b"1.89345606e+15").unwrap(), t);
+        assert!(parse_micros(b"soon").is_err());
+    }
+}

@@ -1,0 +1,1376 @@
+//! [`RedisStore`]: the [`Store`] contract on Redis or Redis Cluster.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::future::{join_all, try_join_all};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, ScriptInvocation, Value};
+use tickwheel::model::{MAX_ERROR_BYTES, MAX_OUTPUT_BYTES, truncate};
+use tickwheel::store::{
+    Change, ChangeFeed, Claim, ClaimKind, ClaimOutcome, DEFAULT_RETENTION, ExecutionPage,
+    ExecutionQuery, Finish, FinishOutcome, MAX_PAGE, Recovered, TaskPage,
+};
+use tickwheel::{Error, Execution, ExecutionId, ExecutionStatus, Store, Task, TaskId, TaskPatch};
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{
+    TASK_FIELDS, TaskFields, array, bytes, corrupt, exec_fields, exec_from_pairs, micros, name_of,
+    opt_strings, parse_micros, redis_error, strings, task_from_fields, trunc_exec, trunc_task,
+};
+use crate::conn::Conn;
+use crate::feed::{self, Message};
+use crate::scripts::{
+    CLAIM_SCRIPT, CREATE_SCRIPT, DELETE_SCRIPT, DUE_SCRIPT, FINISH_SCRIPT, HISTORY_SCRIPT,
+    RECOVER_SCRIPT, RENEW_SCRIPT, UPDATE_SCRIPT,
+};
+
+/// Default number of due-index partitions.
+pub const DEFAULT_PARTITIONS: u16 = 16;
+
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "tickwheel";
+
+/// How long a claim batch is re-sent over a reconnecting connection before
+/// the error is returned (re-sending is safe: see the `claim` script).
+const CLAIM_RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// How many times an update re-reads a task that changed under it.
+const UPDATE_ATTEMPTS: usize = 100;
+
+/// Counts and offsets handed to scripts stay well inside the integers a
+/// Lua number formats without an exponent.
+const SCRIPT_COUNT_MAX: usize = 1_000_000_000;
+
+/// Configuration of a [`RedisStore`]; see [`RedisStore::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    prefix: String,
+    retention: usize,
+    partitions: u16,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl Default for RedisStoreBuilder {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_PREFIX.to_owned(),
+            retention: DEFAULT_RETENTION,
+            partitions: DEFAULT_PARTITIONS,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RedisStoreBuilder {
+    /// Key prefix (default `tickwheel`): every key and the change channel
+    /// start with it, so stores with different prefixes share a server
+    /// without seeing each other. No `{` or `}` (it goes inside hash tags).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Executions kept per task (default 1000; running ones and failed
+    /// ones awaiting a retry are always kept).
+    pub fn retention(mut self, retention: usize) -> Self {
+        self.retention = retention.max(1);
+        self
+    }
+
+    /// Number of partitions of the due index (default 16, 1 to 1024). Every
+    /// process sharing a prefix must use the same number: the first store
+    /// to connect records it and later ones with another number are
+    /// refused.
+    pub fn partitions(mut self, partitions: u16) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// How long connecting may take (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a reply may take before the call fails as
+    /// [`Error::Unavailable`] (default 5 s).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return Err(Error::invalid(
+                "prefix",
+                "must be non-empty and contain no `{` or `}`",
+            ));
+        }
+        if !(1..=1024).contains(&self.partitions) {
+            return Err(Error::invalid("partitions", "must be 1 to 1024"));
+        }
+        Ok(())
+    }
+
+    /// Connects to one Redis server (`redis://[user:password@]host:port/[db]`).
+    /// The connection reconnects by itself; calls made while it is down
+    /// fail with [`Error::Unavailable`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for a bad URL or option, [`Error::Unavailable`]
+    /// if the server cannot be reached.
+    pub async fn connect(self, url: &str) -> Result<RedisStore, Error> {
+        self.check()?;
+        let client = redis::Client::open(url).map_err(|e| Error::invalid("url", e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.connect_timeout)
+            .set_response_timeout(self.response_timeout)
+            .set_number_of_retries(2)
+            .set_max_delay(1000);
+        let manager = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(redis_error)?;
+        RedisStore::start(self, Conn::Single(manager), vec![client]).await
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes (`urls`: one
+    /// or more `redis://host:port/`). Commands are routed by slot and
+    /// follow resharding and failover.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_cluster<S: AsRef<str>>(self, urls: &[S]) -> Result<RedisStore, Error> {
+        self.check()?;
+        if urls.is_empty() {
+            return Err(Error::invalid("urls", "give at least one cluster node"));
+        }
+        let urls: Vec<&str> = urls.iter().map(AsRef::as_ref).collect();
+        let clients = urls
+            .iter()
+            .map(|u| redis::Client::open(*u))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::invalid("urls", e.to_string()))?;
+        let cluster = redis::cluster::ClusterClientBuilder::new(urls)
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.response_timeout)
+            .retries(3)
+            .build()
+            .map_err(|e| Error::invalid("urls", e.to_string()))?;
+        let conn = cluster.get_async_connection().await.map_err(redis_error)?;
+        RedisStore::start(self, Conn::Cluster(conn), clients).await
+    }
+}
+
+/// A [`Store`] on Redis: tasks, executions and indexes in hashes and sorted
+/// sets, every atomic step one Lua script. Cheap to clone (clones share the
+/// connection and the change feed). See the [crate docs](crate) for the
+/// key layout and the guarantees.
+#[derive(Clone)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.shared.prefix)
+            .field("partitions", &self.shared.bases.len())
+            .field("retention", &self.shared.retention)
+            .field("conn", &self.shared.conn)
+            .finish()
+    }
+}
+
+struct Shared {
+    conn: Conn,
+    /// Whether the server is a cluster: then a script call stays within
+    /// one partition (one slot); on a single server a batch spans them.
+    cluster: bool,
+    prefix: String,
+    /// `{prefix:pK}` for each partition K.
+    bases: Vec<String>,
+    retention: usize,
+    channel: String,
+    changes: broadcast::Sender<Change>,
+    pubsub_clients: Vec<redis::Client>,
+    /// The feed task's count of (re)subscriptions, once it is started.
+    feed_ready: Mutex<Option<watch::Receiver<u64>>>,
+    stop: CancellationToken,
+    /// The partition of each execution this store started and that has not
+    /// finished, so renew and finish go straight to it.
+    owners: Mutex<HashMap<ExecutionId, usize>>,
+    /// Results waiting to be sent, batched (see `RedisStore::finish_batched`).
+    finishes: Mutex<FinishQueue>,
+}
+
+#[derive(Default)]
+struct FinishQueue {
+    jobs: Vec<FinishJob>,
+    /// A task is sending batches; new jobs join its next one.
+    flushing: bool,
+}
+
+/// One result waiting in the queue, with where its reply goes.
+struct FinishJob {
+    partition: usize,
+    item: FinishItem,
+    reply: oneshot::Sender<Result<Vec<Value>, Error>>,
+}
+
+/// A [`Finish`] encoded for the finish script.
+struct FinishItem {
+    id: String,
+    fence: u64,
+    status: String,
+    finished_at: String,
+    error: Option<String>,
+    output: Option<String>,
+    retry_at: String,
+    node: String,
+    lease_until: String,
+    queued_id: String,
+}
+
+impl FinishItem {
+    fn new(f: Finish) -> Self {
+        Self {
+            id: f.id.to_string(),
+            fence: f.fence,
+            status: name_of(&f.status),
+            finished_at: micros(f.finished_at),
+            error: f.error.map(|s| truncate(s, MAX_ERROR_BYTES)),
+            output: f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES)),
+            retry_at: f.retry_at.map(micros).unwrap_or_default(),
+            node: f.node,
+            lease_until: micros(f.lease_until),
+            queued_id: ExecutionId::new().to_string(),
+        }
+    }
+
+    /// Appends the item to a finish script call (layout in `scripts::FINISH`).
+    fn encode(&self, inv: &mut ScriptInvocation<'static>, base: &str) {
+        inv.arg(base)
+            .arg(&self.id)
+            .arg(self.fence)
+            .arg(&self.status)
+            .arg(&self.finished_at)
+            .arg(if self.error.is_some() { "1" } else { "0" })
+            .arg(self.error.as_deref().unwrap_or(""))
+            .arg(if self.output.is_some() { "1" } else { "0" })
+            .arg(self.output.as_deref().unwrap_or(""))
+            .arg(&self.retry_at)
+            .arg(&self.node)
+            .arg(&self.lease_until)
+            .arg(&self.queued_id);
+    }
+}
+
+/// Most items in one claim or finish script call, so one call never holds
+/// the server for long.
+const SCRIPT_BATCH: usize = 256;
+
+/// The same error again, for every item of a failed batch.
+fn same_error(e: &Error) -> Error {
+    if e.is_transient() {
+        Error::Unavailable {
+            backend: crate::codec::BACKEND,
+            source: e.to_string().into(),
+        }
+    } else {
+        Error::Backend {
+            backend: crate::codec::BACKEND,
+            source: e.to_string().into(),
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl RedisStore {
+    /// Options for a store: prefix, retention, partitions, timeouts.
+    pub fn builder() -> RedisStoreBuilder {
+        RedisStoreBuilder::default()
+    }
+
+    /// A store with the default options on one server.
+    ///
+    /// # Errors
+    ///
+    /// See [`RedisStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::builder().connect(url).await
+    }
+
+    /// A store with the default options on a Redis Cluster.
+    ///
+    /// # Errors
+    ///
+    /// See [`RedisStoreBuilder::connect_cluster`].
+    pub async fn connect_cluster<S: AsRef<str>>(urls: &[S]) -> Result<Self, Error> {
+        Self::builder().connect_cluster(urls).await
+    }
+
+    async fn start(
+        options: RedisStoreBuilder,
+        conn: Conn,
+        pubsub_clients: Vec<redis::Client>,
+    ) -> Result<Self, Error> {
+        let prefix = options.prefix;
+        let bases = (0..options.partitions)
+            .map(|k| format!("{{{prefix}:p{k}}}"))
+            .collect();
+        let (changes, _) = broadcast::channel(4096);
+        let store = Self {
+            shared: Arc::new(Shared {
+                cluster: matches!(conn, Conn::Cluster(_)),
+                conn,
+                channel: format!("{prefix}:changes"),
+                prefix,
+                bases,
+                retention: options.retention,
+                changes,
+                pubsub_clients,
+                feed_ready: Mutex::new(None),
+                stop: CancellationToken::new(),
+                owners: Mutex::new(HashMap::new()),
+                finishes: Mutex::new(FinishQueue::default()),
+            }),
+        };
+        store.check_partitions(options.partitions).await?;
+        Ok(store)
+    }
+
+    /// Records the partition count for the prefix, or checks it against the
+    /// one recorded.
+    async fn check_partitions(&self, partitions: u16) -> Result<(), Error> {
+        let key = format!("{{{}}}:conf", self.shared.prefix);
+        let mut conn = self.shared.conn.clone();
+        let (_, recorded): (i64, String) = redis::pipe()
+            .cmd("HSETNX")
+            .arg(&key)
+            .arg("partitions")
+            .arg(partitions)
+            .cmd("HGET")
+            .arg(&key)
+            .arg("partitions")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        if recorded != partitions.to_string() {
+            return Err(Error::invalid(
+                "partitions",
+                format!(
+                    "prefix {:?} was set up with {recorded} partitions, not {partitions}",
+                    self.shared.prefix
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.shared.prefix
+    }
+
+    fn partitions(&self) -> usize {
+        self.shared.bases.len()
+    }
+
+    /// The partition of a task: the low 64 bits of its id (random in a
+    /// UUIDv7) modulo the partition count.
+    fn partition(&self, id: TaskId) -> usize {
+        let tail = u64::from_be_bytes(
+            id.as_uuid().as_bytes()[8..]
+                .try_into()
+                .expect("a UUID has 16 bytes"),
+        );
+        (tail % self.partitions() as u64) as usize
+    }
+
+    fn base(&self, p: usize) -> &str {
+        &self.shared.bases[p]
+    }
+
+    fn task_key(&self, p: usize, id: TaskId) -> String {
+        format!("{}:t:{id}", self.base(p))
+    }
+
+    /// A script call on partition `p` with the common arguments set.
+    fn invocation(&self, script: &'static Script, p: usize) -> ScriptInvocation<'static> {
+        let mut inv = script.prepare_invoke();
+        inv.key(format!("{}:due", self.base(p)))
+            .arg(self.base(p))
+            .arg(self.shared.retention);
+        inv
+    }
+
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        inv: &ScriptInvocation<'static>,
+    ) -> Result<T, Error> {
+        let mut conn = self.shared.conn.clone();
+        inv.invoke_async(&mut conn).await.map_err(redis_error)
+    }
+
+    fn remember(&self, id: ExecutionId, p: usize) {
+        self.owners().insert(id, p);
+    }
+
+    fn forget(&self, id: ExecutionId) {
+        self.owners().remove(&id);
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<ExecutionId, usize>> {
+        // The map holds plain data; a panic elsewhere cannot break it.
+        self.shared.owners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Partitions to try for an execution: its known one, or all of them.
+    fn partitions_of(&self, id: ExecutionId) -> Vec<usize> {
+        match self.owners().get(&id) {
+            Some(&p) => vec![p],
+            None => (0..self.partitions()).collect(),
+        }
+    }
+
+    /// The task's fields, tenant and revision; `None` if it does not exist.
+    async fn read_task(&self, id: TaskId) -> Result<Option<(Task, Vec<u8>, Vec<u8>)>, Error> {
+        let p = self.partition(id);
+        let mut conn = self.shared.conn.clone();
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(self.task_key(p, id))
+            .arg(&TASK_FIELDS)
+            .arg("tn")
+            .arg("rv")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        let Some(task) = task_from_fields(&values[..TASK_FIELDS.len()])? else {
+            return Ok(None);
+        };
+        let tenant = values[TASK_FIELDS.len()].clone().unwrap_or_default();
+        let rv = values[TASK_FIELDS.len() + 1].clone().unwrap_or_default();
+        Ok(Some((task, tenant, rv)))
+    }
+
+    /// Reads tasks by id, grouped by partition; missing ones are left out.
+    async fn read_tasks(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, Task>, Error> {
+        let mut groups: Vec<Vec<TaskId>> = vec![Vec::new(); self.partitions()];
+        for &id in ids {
+            groups[self.partition(id)].push(id);
+        }
+        let reads = groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(p, ids)| async move {
+                let mut pipe = redis::pipe();
+                for &id in &ids {
+                    pipe.cmd("HMGET")
+                        .arg(self.task_key(p, id))
+                        .arg(&TASK_FIELDS);
+                }
+                let mut conn = self.shared.conn.clone();
+                let rows: Vec<Vec<Option<Vec<u8>>>> =
+                    pipe.query_async(&mut conn).await.map_err(redis_error)?;
+                let mut tasks = Vec::with_capacity(rows.len());
+                for row in rows {
+                    if let Some(task) = task_from_fields(&row)? {
+                        tasks.push(task);
+                    }
+                }
+                Ok::<_, Error>(tasks)
+            });
+        Ok(try_join_all(reads)
+            .await?
+            .into_iter()
+            .flatten()
+            .map(|t| (t.id, t))
+            .collect())
+    }
+
+    fn change_message(task: &Task) -> String {
+        Message::Upserted {
+            t: task.tenant.clone(),
+            id: task.id,
+            nr: task
+                .next_run
+                .filter(|_| task.enabled)
+                .map(|t| t.timestamp_micros()),
+            v: task.version,
+        }
+        .encode()
+    }
+
+    /// The script call a partition's items go in: their own partition's in
+    /// a cluster, one for all on a single server.
+    fn group_of(&self, p: usize) -> usize {
+        if self.shared.cluster { p } else { 0 }
+    }
+
+    /// Runs the claims `idx` in one call routed to partition `p`,
+    /// re-sending the same call (marked as a re-send) while the connection
+    /// is being re-established.
+    async fn claim_group(
+        &self,
+        p: usize,
+        claims: &[Claim],
+        idx: &[usize],
+    ) -> Result<Vec<Value>, Error> {
+        let deadline = tokio::time::Instant::now() + CLAIM_RETRY_FOR;
+        let mut delay = Duration::from_millis(20);
+        let mut resend = false;
+        loop {
+            let mut inv = self.invocation(&CLAIM_SCRIPT, p);
+            inv.arg(if resend { "1" } else { "0" }).arg(idx.len());
+            for &i in idx {
+                let claim = &claims[i];
+                encode_claim(&mut inv, self.base(self.partition(claim.task_id)), claim);
+            }
+            match self.eval::<Value>(&inv).await {
+                Err(err)
+                    if err.is_transient() && tokio::time::Instant::now() + delay < deadline =>
+                {
+                    tracing::debug!(%err, "claim failed; re-sending");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                    resend = true;
+                }
+                Err(err) => return Err(err),
+                Ok(reply) => {
+                    let reply = array(reply)?;
+                    if reply.len() != idx.len() {
+                        return Err(corrupt("claim: one reply per claim expected"));
+                    }
+                    return Ok(reply);
+                }
+            }
+        }
+    }
+
+    /// The outcome of one claim from its script reply.
+    fn claim_outcome(&self, p: usize, claim: Claim, reply: Value) -> Result<ClaimOutcome, Error> {
+        let items = array(reply)?;
+        let Some(kind) = items.first().map(bytes).transpose()?.flatten() else {
+            return Err(corrupt("empty claim reply"));
+        };
+        let rest = &items[1..];
+        let started = |claim: Claim| -> Result<Execution, Error> {
+            let e = claim
+                .execution
+                .map(trunc_exec)
+                .ok_or_else(|| corrupt("started without an execution"))?;
+            self.remember(e.id, p);
+            Ok(e)
+        };
+        Ok(match kind.as_slice() {
+            b"S" => ClaimOutcome::Started(started(claim)?),
+            b"K" => ClaimOutcome::Skipped(exec_from_pairs(&strings(rest)?)?),
+            b"Q" => ClaimOutcome::Queued,
+            b"A" => ClaimOutcome::Advanced,
+            b"R" => ClaimOutcome::Replaced {
+                started: started(claim)?,
+                replaced: strings(rest)?
+                    .iter()
+                    .map(|id| {
+                        std::str::from_utf8(id)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .ok_or_else(|| corrupt("bad execution id"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
+            b"L" => ClaimOutcome::Lost {
+                current: task_from_fields(&opt_strings(rest)?)?.map(Box::new),
+            },
+            other => {
+                return Err(corrupt(format!(
+                    "unknown claim reply {:?}",
+                    String::from_utf8_lossy(other)
+                )));
+            }
+        })
+    }
+
+    /// Keys of `limit` smallest entries across partitions, each partition
+    /// read in sorted chunks by `fetch(partition, after, n)` (which returns
+    /// at most `n` entries after `after`, in order). Every partition that
+    /// may still hold a smaller entry is read before one is taken, so the
+    /// result is the global order.
+    async fn merge_partitions<K, F, Fut>(
+        &self,
+        start: Option<K>,
+        limit: usize,
+        fetch: F,
+    ) -> Result<Vec<K>, Error>
+    where
+        K: Ord + Clone,
+        F: Fn(usize, Option<K>, usize) -> Fut,
+        Fut: Future<Output = Result<Vec<K>, Error>>,
+    {
+        struct Part<K> {
+            buf: VecDeque<K>,
+            after: Option<K>,
+            done: bool,
+        }
+        let parts = self.partitions();
+        let chunk = (limit / parts * 2 + 16).min(limit.max(1));
+        let mut state: Vec<Part<K>> = (0..parts)
+            .map(|_| Part {
+                buf: VecDeque::new(),
+                after: start.clone(),
+                done: false,
+            })
+            .collect();
+        let mut out = Vec::with_capacity(limit.min(MAX_PAGE * 4));
+        while out.len() < limit {
+            let need: Vec<usize> = (0..parts)
+                .filter(|&p| state[p].buf.is_empty() && !state[p].done)
+                .collect();
+            if !need.is_empty() {
+                let fetched = try_join_all(
+                    need.iter()
+                        .map(|&p| fetch(p, state[p].after.clone(), chunk)),
+                )
+                .await?;
+                for (p, keys) in need.into_iter().zip(fetched) {
+                    let part = &mut state[p];
+                    part.done = keys.len() < chunk;
+                    if let Some(last) = keys.last() {
+                        part.after = Some(last.clone());
+                    }
+                    part.buf.extend(keys);
+                }
+            }
+            let Some(p) = (0..parts)
+                .filter(|&p| !state[p].buf.is_empty())
+                .min_by(|&a, &b| state[a].buf[0].cmp(&state[b].buf[0]))
+            else {
+                break;
+            };
+            if let Some(k) = state[p].buf.pop_front() {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs an idempotent call, again (twice at most, shortly after) if it
+    /// failed on a connection being re-established.
+    async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let mut delays = [Duration::from_millis(30), Duration::from_millis(200)].into_iter();
+        loop {
+            match call().await {
+                Err(err) if err.is_transient() => match delays.next() {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => return Err(err),
+                },
+                other => return other,
+            }
+        }
+    }
+
+    /// Queues a result for partition `p` and waits for its reply. Results
+    /// queued while a batch is on the wire go together in the next one
+    /// (group commit): one script call per batch on a single server, one
+    /// per partition in a cluster.
+    async fn finish_batched(&self, p: usize, item: FinishItem) -> Result<Vec<Value>, Error> {
+        let (tx, rx) = oneshot::channel();
+        let start_flusher = {
+            let mut q = self.finish_queue();
+            q.jobs.push(FinishJob {
+                partition: p,
+                item,
+                reply: tx,
+            });
+            !std::mem::replace(&mut q.flushing, true)
+        };
+        if start_flusher {
+            tokio::spawn(self.clone().flush_finishes());
+        }
+        rx.await.map_err(|_| Error::Unavailable {
+            backend: crate::codec::BACKEND,
+            source: "the result batch was dropped".into(),
+        })?
+    }
+
+    fn finish_queue(&self) -> std::sync::MutexGuard<'_, FinishQueue> {
+        // Plain data; a panic elsewhere cannot break it.
+        self.shared
+            .finishes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends queued results until the queue is empty.
+    async fn flush_finishes(self) {
+        loop {
+            let jobs = {
+                let mut q = self.finish_queue();
+                if q.jobs.is_empty() {
+                    q.flushing = false;
+                    return;
+                }
+                std::mem::take(&mut q.jobs)
+            };
+            let mut groups: Vec<Vec<FinishJob>> =
+                (0..self.partitions()).map(|_| Vec::new()).collect();
+            for job in jobs {
+                groups[self.group_of(job.partition)].push(job);
+            }
+            let mut batches = Vec::new();
+            for (p, mut jobs) in groups.into_iter().enumerate() {
+                while !jobs.is_empty() {
+                    let rest = jobs.split_off(jobs.len().min(SCRIPT_BATCH));
+                    batches.push((p, std::mem::replace(&mut jobs, rest)));
+                }
+            }
+            let this = &self;
+            join_all(batches.into_iter().map(|(p, jobs)| async move {
+                let mut inv = this.invocation(&FINISH_SCRIPT, p);
+                inv.arg(jobs.len());
+                for job in &jobs {
+                    job.item.encode(&mut inv, this.base(job.partition));
+                }
+                let replies = this
+                    .eval::<Value>(&inv)
+                    .await
+                    .and_then(array)
+                    .and_then(|r| {
+                        if r.len() == jobs.len() {
+                            Ok(r)
+                        } else {
+                            Err(corrupt("finish: one reply per result expected"))
+                        }
+                    });
+                match replies {
+                    Ok(replies) => {
+                        for (job, reply) in jobs.into_iter().zip(replies) {
+                            let _ = job.reply.send(array(reply));
+                        }
+                    }
+                    Err(err) => {
+                        for job in jobs {
+                            let _ = job.reply.send(Err(same_error(&err)));
+                        }
+                    }
+                }
+            }))
+            .await;
+        }
+    }
+
+    /// Spawns the change-feed task on first use; its readiness counter.
+    fn feed_ready(&self) -> watch::Receiver<u64> {
+        let mut guard = self
+            .shared
+            .feed_ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = guard.as_ref() {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(0);
+        tokio::spawn(feed::run(
+            self.shared.pubsub_clients.clone(),
+            self.shared.channel.clone(),
+            self.shared.changes.clone(),
+            tx,
+            self.shared.stop.clone(),
+        ));
+        *guard = Some(rx.clone());
+        rx
+    }
+}
+
+fn id_text(bytes: &[u8]) -> Result<String, Error> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| corrupt("id is not text"))
+}
+
+fn parse_task_id(s: &str) -> Result<TaskId, Error> {
+    s.parse().map_err(|_| corrupt(format!("bad task id {s:?}")))
+}
+
+fn clamp(n: usize) -> usize {
+    n.min(SCRIPT_COUNT_MAX)
+}
+
+/// The idempotent calls, run by the trait methods through `retrying`.
+impl RedisStore {
+    async fn get_task_once(&self, tenant: &str, id: TaskId) -> Result<Task, Error> {
+        match self.read_task(id).await? {
+            Some((task, owner, _)) if owner == tenant.as_bytes() => Ok(task),
+            _ => Err(Error::task_not_found(id)),
+        }
+    }
+
+    async fn list_tasks_once(&self, tenant: &str, page: TaskPage) -> Result<Vec<Task>, Error> {
+        let limit = page.limit.min(MAX_PAGE);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let ids = self
+            .merge_partitions(
+                page.after.map(|id| id.to_string()),
+                limit,
+                |p, after, n| async move {
+                    let key = format!("{}:tn:{tenant}", self.base(p));
+                    let min = match after {
+                        Some(id) => format!("({id}"),
+                        None => "-".to_owned(),
+                    };
+                    let mut conn = self.shared.conn.clone();
+                    redis::cmd("ZRANGEBYLEX")
+                        .arg(key)
+                        .arg(min)
+                        .arg("+")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(n)
+                        .query_async::<Vec<String>>(&mut conn)
+                        .await
+                        .map_err(redis_error)
+                },
+            )
+            .await?;
+        let ids: Vec<TaskId> = ids
+            .iter()
+            .map(|s| parse_task_id(s))
+            .collect::<Result<_, _>>()?;
+        let mut tasks = self.read_tasks(&ids).await?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| tasks.remove(id))
+            .filter(|t| t.tenant == tenant)
+            .collect())
+    }
+
+    async fn due_tasks_once(
+        &self,
+        after: Option<(DateTime<Utc>, TaskId)>,
+        horizon: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Task>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let horizon_us = horizon.timestamp_micros();
+        let start = after.map(|(t, id)| (t.timestamp_micros(), id.to_string()));
+        let keys = self
+            .merge_partitions(start, limit, |p, after, n| async move {
+                let mut inv = self.invocation(&DUE_SCRIPT, p);
+                match &after {
+                    Some((t, id)) => inv.arg(t.to_string()).arg(id),
+                    None => inv.arg("").arg(""),
+                };
+                inv.arg(horizon_us.to_string()).arg(clamp(n));
+                let flat = strings(&array(self.eval::<Value>(&inv).await?)?)?;
+                flat.chunks(2)
+                    .map(|pair| match pair {
+                        [id, score] => Ok((parse_micros(score)?.timestamp_micros(), id_text(id)?)),
+                        _ => Err(corrupt("odd due page")),
+                    })
+                    .collect::<Result<Vec<_>, Error>>()
+            })
+            .await?;
+        let ids: Vec<TaskId> = keys
+            .iter()
+            .map(|(_, id)| parse_task_id(id))
+            .collect::<Result<_, _>>()?;
+        let mut tasks = self.read_tasks(&ids).await?;
+        // A task claimed or changed since its index entry was read is
+        // returned as it is now, if it still belongs in the window.
+        Ok(ids
+            .iter()
+            .filter_map(|id| tasks.remove(id))
+            .filter(|t| {
+                t.enabled
+                    && t.next_run.is_some_and(|next| {
+                        next <= horizon && after.is_none_or(|a| (next, t.id) > a)
+                    })
+            })
+            .collect())
+    }
+
+    async fn due_retries_once(
+        &self,
+        horizon: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Execution>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let horizon_us = horizon.timestamp_micros().to_string();
+        let reads = (0..self.partitions()).map(|p| {
+            let horizon_us = horizon_us.clone();
+            async move {
+                let mut conn = self.shared.conn.clone();
+                let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                    .arg(format!("{}:retry", self.base(p)))
+                    .arg("-inf")
+                    .arg(horizon_us)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(clamp(limit))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut pipe = redis::pipe();
+                for id in &ids {
+                    pipe.cmd("HGETALL").arg(format!("{}:x:{id}", self.base(p)));
+                }
+                let rows: Vec<Vec<Vec<u8>>> =
+                    pipe.query_async(&mut conn).await.map_err(redis_error)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for (id, mut row) in ids.into_iter().zip(rows) {
+                    if row.is_empty() {
+                        continue;
+                    }
+                    row.push(b"id".to_vec());
+                    row.push(id.into_bytes());
+                    let e = exec_from_pairs(&row)?;
+                    if e.retry_at.is_some() {
+                        out.push(e);
+                    }
+                }
+                Ok::<_, Error>(out)
+            }
+        });
+        let mut all: Vec<Execution> = try_join_all(reads).await?.into_iter().flatten().collect();
+        all.sort_by_key(|e| (e.retry_at, e.id));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    async fn renew_lease_once(
+        &self,
+        id: ExecutionId,
+        fence: u64,
+        until: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let tries = self.partitions_of(id).into_iter().map(|p| async move {
+            let mut inv = self.invocation(&RENEW_SCRIPT, p);
+            inv.arg(id.to_string()).arg(fence).arg(micros(until));
+            self.eval::<String>(&inv).await
+        });
+        let answers = try_join_all(tries).await?;
+        if answers.iter().any(|a| a == "ok") {
+            Ok(())
+        } else if answers.iter().any(|a| a == "taken") {
+            Err(Error::conflict(format!("execution {id} was taken over")))
+        } else {
+            self.forget(id);
+            Err(Error::conflict(format!(
+                "execution {id} is no longer running"
+            )))
+        }
+    }
+
+    async fn executions_once(
+        &self,
+        tenant: &str,
+        task_id: TaskId,
+        query: ExecutionQuery,
+    ) -> Result<ExecutionPage, Error> {
+        let p = self.partition(task_id);
+        let mut inv = self.invocation(&HISTORY_SCRIPT, p);
+        inv.arg(task_id.to_string())
+            .arg(tenant)
+            .arg(clamp(query.offset))
+            .arg(clamp(query.limit))
+            .arg(query.status.map(|s| name_of(&s)).unwrap_or_default());
+        let reply = array(self.eval::<Value>(&inv).await?)?;
+        let mut items = reply.into_iter();
+        let total = match items.next() {
+            Some(Value::Int(n)) => usize::try_from(n).unwrap_or(0),
+            Some(v) if bytes(&v)?.as_deref() == Some(b"notfound".as_slice()) => {
+                return Err(Error::task_not_found(task_id));
+            }
+            _ => return Err(corrupt("bad history reply")),
+        };
+        let executions = items
+            .map(|v| exec_from_pairs(&strings(&array(v)?)?))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ExecutionPage { executions, total })
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn create_task(&self, task: Task) -> Result<Task, Error> {
+        let task = trunc_task(task);
+        let p = self.partition(task.id);
+        let f = TaskFields::of(&task)?;
+        let mut inv = self.invocation(&CREATE_SCRIPT, p);
+        inv.arg(task.id.to_string())
+            .arg(f.d)
+            .arg(&task.tenant)
+            .arg(f.next_run)
+            .arg(f.last_run)
+            .arg(f.version)
+            .arg(f.enabled)
+            .arg(f.status)
+            .arg(f.overlap)
+            .arg(f.max_retries)
+            .arg(f.backoff_ms)
+            .arg(f.is_cron)
+            .arg(&self.shared.channel)
+            .arg(Self::change_message(&task));
+        match self.eval::<String>(&inv).await?.as_str() {
+            "ok" => Ok(task),
+            "exists" => Err(Error::conflict(format!("task {} already exists", task.id))),
+            other => Err(corrupt(format!("create: {other}"))),
+        }
+    }
+
+    async fn get_task(&self, tenant: &str, id: TaskId) -> Result<Task, Error> {
+        self.retrying(|| self.get_task_once(tenant, id)).await
+    }
+
+    async fn list_tasks(&self, tenant: &str, page: TaskPage) -> Result<Vec<Task>, Error> {
+        self.retrying(|| self.list_tasks_once(tenant, page)).await
+    }
+
+    async fn due_tasks(
+        &self,
+        after: Option<(DateTime<Utc>, TaskId)>,
+        horizon: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Task>, Error> {
+        self.retrying(|| self.due_tasks_once(after, horizon, limit))
+            .await
+    }
+
+    async fn due_retries(
+        &self,
+        horizon: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Execution>, Error> {
+        self.retrying(|| self.due_retries_once(horizon, limit))
+            .await
+    }
+
+    async fn renew_lease(
+        &self,
+        id: ExecutionId,
+        fence: u64,
+        until: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        self.retrying(|| self.renew_lease_once(id, fence, until))
+            .await
+    }
+
+    async fn executions(
+        &self,
+        tenant: &str,
+        task_id: TaskId,
+        query: ExecutionQuery,
+    ) -> Result<ExecutionPage, Error> {
+        self.retrying(|| self.executions_once(tenant, task_id, query))
+            .await
+    }
+
+    async fn update_task(
+        &self,
+        tenant: &str,
+        id: TaskId,
+        patch: &TaskPatch,
+        expected_version: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<Task, Error> {
+        let p = self.partition(id);
+        for _ in 0..UPDATE_ATTEMPTS {
+            let Some((old, owner, rv)) = self.read_task(id).await? else {
+                return Err(Error::task_not_found(id));
+            };
+            if owner != tenant.as_bytes() {
+                return Err(Error::task_not_found(id));
+            }
+            if let Some(expected) = expected_version.filter(|v| *v != old.version) {
+                return Err(Error::conflict(format!(
+                    "task {id} is at version {}, not {expected}",
+                    old.version
+                )));
+            }
+            let updated = trunc_task(patch.apply(&old, now)?);
+            let f = TaskFields::of(&updated)?;
+            let mut inv = self.invocation(&UPDATE_SCRIPT, p);
+            inv.arg(id.to_string())
+                .arg(tenant)
+                .arg(rv)
+                .arg(f.d)
+                .arg(f.next_run)
+                .arg(f.version)
+                .arg(f.enabled)
+                .arg(f.status)
+                .arg(f.overlap)
+                .arg(f.max_retries)
+                .arg(f.backoff_ms)
+                .arg(f.is_cron)
+                .arg(&self.shared.channel)
+                .arg(Self::change_message(&updated));
+            match self.eval::<String>(&inv).await?.as_str() {
+                "ok" => return Ok(updated),
+                "notfound" => return Err(Error::task_not_found(id)),
+                "retry" => continue,
+                other => return Err(corrupt(format!("update: {other}"))),
+            }
+        }
+        Err(Error::conflict(format!(
+            "task {id} kept changing while being updated"
+        )))
+    }
+
+    async fn delete_task(&self, tenant: &str, id: TaskId) -> Result<(), Error> {
+        let p = self.partition(id);
+        let mut inv = self.invocation(&DELETE_SCRIPT, p);
+        inv.arg(id.to_string())
+            .arg(tenant)
+            .arg(&self.shared.channel)
+            .arg(Message::Deleted { id }.encode());
+        match self.eval::<String>(&inv).await?.as_str() {
+            "ok" => Ok(()),
+            "notfound" => Err(Error::task_not_found(id)),
+            other => Err(corrupt(format!("delete: {other}"))),
+        }
+    }
+
+    async fn claim(&self, claims: Vec<Claim>) -> Result<Vec<ClaimOutcome>, Error> {
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.partitions()];
+        for (i, c) in claims.iter().enumerate() {
+            groups[self.group_of(self.partition(c.task_id))].push(i);
+        }
+        let calls = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(p, idx)| idx.chunks(SCRIPT_BATCH).map(move |chunk| (p, chunk)))
+            .map(|(p, idx)| {
+                let claims = &claims;
+                async move { Ok::<_, Error>((idx, self.claim_group(p, claims, idx).await?)) }
+            })
+            .collect::<Vec<_>>();
+        let replies = try_join_all(calls).await?;
+        let mut slots: Vec<Option<Value>> = (0..claims.len()).map(|_| None).collect();
+        for (idx, reply) in replies {
+            for (&i, r) in idx.iter().zip(reply) {
+                slots[i] = Some(r);
+            }
+        }
+        claims
+            .into_iter()
+            .zip(slots)
+            .map(|(claim, reply)| {
+                let reply = reply.ok_or_else(|| corrupt("claim without a reply"))?;
+                self.claim_outcome(self.partition(claim.task_id), claim, reply)
+            })
+            .collect()
+    }
+
+    async fn finish(&self, f: Finish) -> Result<FinishOutcome, Error> {
+        let id = f.id;
+        let item = FinishItem::new(f);
+        let parts = self.partitions_of(id);
+        let answers: Vec<(usize, Vec<Value>)> = if let [p] = parts[..] {
+            vec![(p, self.finish_batched(p, item).await?)]
+        } else {
+            // Started through another store instance: ask every partition.
+            let item = &item;
+            try_join_all(parts.into_iter().map(|p| async move {
+                let mut inv = self.invocation(&FINISH_SCRIPT, p);
+                inv.arg(1);
+                item.encode(&mut inv, self.base(p));
+                let reply = array(self.eval::<Value>(&inv).await?)?;
+                let first = reply
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| corrupt("empty finish reply"))?;
+                Ok::<_, Error>((p, array(first)?))
+            }))
+            .await?
+        };
+        let mut taken = false;
+        for (p, reply) in answers {
+            let kind = reply.first().map(bytes).transpose()?.flatten();
+            match kind.as_deref() {
+                Some(b"OK") => {
+                    self.forget(id);
+                    let started = if reply.len() > 1 {
+                        let e = exec_from_pairs(&strings(&reply[1..])?)?;
+                        self.remember(e.id, p);
+                        Some(e)
+                    } else {
+                        None
+                    };
+                    return Ok(FinishOutcome { started });
+                }
+                Some(b"I") => {
+                    return Err(Error::invalid(
+                        "status",
+                        "a finished execution cannot be running",
+                    ));
+                }
+                Some(b"C") => {
+                    taken |= reply.get(1).map(bytes).transpose()?.flatten().as_deref()
+                        == Some(b"taken".as_slice());
+                }
+                _ => return Err(corrupt("unknown finish reply")),
+            }
+        }
+        self.forget(id);
+        Err(Error::conflict(if taken {
+            format!("execution {id} was taken over")
+        } else {
+            format!("execution {id} is no longer running")
+        }))
+    }
+
+    async fn recover_expired(
+        &self,
+        now: DateTime<Utc>,
+        node: &str,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Recovered, Error> {
+        let mut out = Recovered::default();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let now_us = micros(now);
+        let counts = join_all((0..self.partitions()).map(|p| {
+            let now_us = &now_us;
+            async move {
+                let mut conn = self.shared.conn.clone();
+                redis::cmd("ZCOUNT")
+                    .arg(format!("{}:leases", self.base(p)))
+                    .arg("-inf")
+                    .arg(format!("({now_us}"))
+                    .query_async::<usize>(&mut conn)
+                    .await
+                    .map_err(redis_error)
+            }
+        }))
+        .await;
+        let mut remaining = limit;
+        for (p, count) in counts.into_iter().enumerate() {
+            let count = count?;
+            if count == 0 || remaining == 0 {
+                continue;
+            }
+            let n = count.min(remaining).min(MAX_PAGE);
+            let mut inv = self.invocation(&RECOVER_SCRIPT, p);
+            inv.arg(&now_us).arg(node).arg(micros(lease_until));
+            for _ in 0..n {
+                inv.arg(ExecutionId::new().to_string());
+            }
+            for entry in array(self.eval::<Value>(&inv).await?)? {
+                let items = array(entry)?;
+                let kind = items.first().map(bytes).transpose()?.flatten();
+                let e = exec_from_pairs(&strings(items.get(1..).unwrap_or_default())?)?;
+                match kind.as_deref() {
+                    Some(b"A") => {
+                        self.forget(e.id);
+                        remaining = remaining.saturating_sub(1);
+                        out.abandoned.push(e);
+                    }
+                    Some(b"S") => {
+                        self.remember(e.id, p);
+                        out.started.push(e);
+                    }
+                    _ => return Err(corrupt("unknown recover reply")),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn subscribe(&self) -> Result<ChangeFeed, Error> {
+        let rx = self.shared.changes.subscribe();
+        let mut ready = self.feed_ready();
+        match tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|g| *g > 0)).await {
+            Ok(Ok(_)) => Ok(ChangeFeed::new(rx)),
+            _ => Err(Error::Unavailable {
+                backend: crate::codec::BACKEND,
+                source: "could not subscribe to the change channel".into(),
+            }),
+        }
+    }
+}
+
+/// Appends one claim to a claim script call (layout in `scripts::CLAIM`).
+fn encode_claim(inv: &mut ScriptInvocation<'static>, base: &str, c: &Claim) {
+    inv.arg(base).arg(c.task_id.to_string());
+    match &c.kind {
+        ClaimKind::Scheduled {
+            expected_next_run,
+            expected_version,
+            new_next_run,
+        } => {
+            inv.arg("S")
+                .arg(micros(*expected_next_run))
+                .arg(expected_version)
+                .arg(new_next_run.map(micros).unwrap_or_default());
+        }
+        ClaimKind::Retry { failed } => {
+            inv.arg("R").arg(failed.to_string());
+        }
+        _ => {
+            inv.arg("M");
+        }
+    }
+    inv.arg(c.missed.len());
+    let now = micros(c.now);
+    for at in &c.missed {
+        let fields = [
+            ("id", ExecutionId::new().to_string()),
+            ("task", c.task_id.to_string()),
+            ("sf", micros(*at)),
+            ("sa", now.clone()),
+            ("fa", now.clone()),
+            ("dur", "0".to_owned()),
+            ("att", "1".to_owned()),
+            ("st", name_of(&ExecutionStatus::Missed)),
+            ("node", c.node.clone()),
+            ("trig", name_of(&tickwheel::Trigger::Schedule)),
+            ("fence", "1".to_owned()),
+        ];
+        inv.arg(fields.len() * 2);
+        for (k, v) in fields {
+            inv.arg(k).arg(v);
+        }
+    }
+    match &c.execution {
+        Some(e) => {
+            let fields = exec_fields(e);
+            inv.arg(fields.len() * 2);
+            for (k, v) in fields {
+                inv.arg(k).arg(v);
+            }
+        }
+        None => {
+            inv.arg(0);
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Redis-specific behaviour beyond the conformance suite: strings stored
+//! verbatim, the replaced-run message written by Lua, options checked,
+//! connection failures as `Error::Unavailable`.
+
+#[allow(dead_code)]
+mod common;
+
+use chrono::{DateTime, Duration, Utc};
+use tickwheel::store::{Claim, ClaimKind, ClaimOutcome, ExecutionQuery, Finish, TaskPage};
+use tickwheel::{
+    Error, Execution, ExecutionStatus, NewTask, Overlap, Policy, Store, TaskPatch, Trigger,
+};
+use tickwheel_redis::RedisStore;
+
+use common::{single_store, single_url, unique_prefix};
+
+fn manual(task: &tickwheel::Task, at: DateTime<Utc>) -> Claim {
+    Claim {
+        task_id: task.id,
+        kind: ClaimKind::Manual,
+        execution: Some(Execution::start(
+            task,
+            at,
+            1,
+            Trigger::Manual,
+            "n",
+            at,
+            at + Duration::seconds(30),
+        )),
+        missed: Vec::new(),
+        node: "n".to_owned(),
+        now: at,
+    }
+}
+
+#[tokio::test]
+async fn strings_are_stored_verbatim() {
+    let Some(store) = single_store(&unique_prefix("verbatim"), 5).await else {
+        return;
+    };
+    let nasty = "a\0b\u{1}c\r\n\t'\"\\ %s %d {x} } ]] [[ --[==[ redis.call('FLUSHALL') é 😀 |:";
+    let tenant = format!("t{{{nasty}");
+    let mut input = NewTask::cron(format!("n{nasty}"), format!("a{nasty}"), "* * * * *");
+    input.description = Some(nasty.to_owned());
+    input.prompt = Some(nasty.repeat(100));
+    input.channel_id = Some("#c{}|'\"".to_owned());
+    let task = store
+        .create_task(input.validate(&tenant, Utc::now()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(store.get_task(&tenant, task.id).await.unwrap(), task);
+    assert_eq!(
+        store
+            .list_tasks(&tenant, TaskPage::first(10))
+            .await
+            .unwrap(),
+        vec![task.clone()]
+    );
+    let at = task.next_run.unwrap();
+    let ClaimOutcome::Started(e) = store.claim(vec![manual(&task, at)]).await.unwrap()[0].clone()
+    else {
+        panic!("not started");
+    };
+    store
+        .finish(Finish {
+            id: e.id,
+            fence: e.fence,
+            status: ExecutionStatus::Failed,
+            finished_at: at + Duration::seconds(1),
+            error: Some(nasty.to_owned()),
+            output: Some(String::new()),
+            retry_at: None,
+            node: format!("node{nasty}"),
+            lease_until: at + Duration::seconds(31),
+        })
+        .await
+        .unwrap();
+    let h = store
+        .executions(&tenant, task.id, ExecutionQuery::newest(10))
+        .await
+        .unwrap();
+    assert_eq!(h.total, 1);
+    let got = &h.executions[0];
+    assert_eq!(got.error.as_deref(), Some(nasty));
+    assert_eq!(got.output.as_deref(), Some(""), "Some(\"\") is not None");
+    assert_eq!(got.tenant, tenant);
+    store.delete_task(&tenant, task.id).await.unwrap();
+}
+
+/// The Lua side writes "replaced by the run for <RFC 3339>" exactly as
+/// chrono's `to_rfc3339` does, for whole, milli- and microsecond times and
+/// times before 1970.
+#[tokio::test]
+async fn replaced_runs_name_their_successor_like_chrono() {
+    let Some(store) = single_store(&unique_prefix("replace"), 50).await else {
+        return;
+    };
+    let mut input = NewTask::cron("r", "a", "* * * * *");
+    input.policy = Some(Policy {
+        overlap: Overlap::Replace,
+        ..Policy::default()
+    });
+    let task = store
+        .create_task(input.validate("replace", Utc::now()).unwrap())
+        .await
+        .unwrap();
+    let times = [
+        "2030-01-01T00:02:00Z",
+        "1999-12-31T23:59:59.500Z",
+        "2024-02-29T12:34:56.123456Z",
+        "1969-07-20T20:17:40.000001Z",
+        "2000-03-01T00:00:00Z",
+        "2100-12-31T23:59:59.999Z",
+    ];
+    let mut previous: Option<Execution> = None;
+    for t in times {
+        let at: DateTime<Utc> = t.parse().unwrap();
+        let outcome = store
+            .claim(vec![manual(&task, at)])
+            .await
+            .unwrap()
+            .remove(0);
+        let started = match outcome {
+            ClaimOutcome::Started(e) => e,
+            ClaimOutcome::Replaced { started, replaced } => {
+                let prev = previous.take().unwrap();
+                assert_eq!(replaced, vec![prev.id]);
+                let h = store
+                    .executions("replace", task.id, ExecutionQuery::newest(100))
+                    .await
+                    .unwrap();
+                let old = h.executions.iter().find(|e| e.id == prev.id).unwrap();
+                assert_eq!(
+                    old.error.as_deref(),
+                    Some(format!("replaced by the run for {}", at.to_rfc3339()).as_str()),
+                );
+                started
+            }
+            other => panic!("{other:?}"),
+        };
+        previous = Some(started);
+    }
+}
+
+#[tokio::test]
+async fn a_task_updated_with_stale_data_is_not_written_back() {
+    // An update racing a claim re-reads instead of reverting next_run.
+    let Some(store) = single_store(&unique_prefix("cas"), 5).await else {
+        return;
+    };
+    let now = Utc::now();
+    let task = store
+        .create_task(
+            NewTask::cron("c", "a", "* * * * * *")
+                .validate("cas", now)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut current = task.clone();
+    for i in 0..20 {
+        let at = current.next_run.unwrap();
+        let next = current.compiled_schedule().unwrap().next_after(at);
+        let claim = Claim {
+            task_id: task.id,
+            kind: ClaimKind::Scheduled {
+                expected_next_run: at,
+                expected_version: current.version,
+                new_next_run: next,
+            },
+            execution: None,
+            missed: Vec::new(),
+            node: "n".into(),
+            now: at,
+        };
+        let s = store.clone();
+        let patch = TaskPatch {
+            name: Some(format!("name {i}")),
+            ..TaskPatch::default()
+        };
+        let updater =
+            tokio::spawn(async move { s.update_task("cas", task.id, &patch, None, now).await });
+        let outcome = store.claim(vec![claim]).await.unwrap().remove(0);
+        let updated = updater.await.unwrap().unwrap();
+        current = store.get_task("cas", task.id).await.unwrap();
+        match outcome {
+            ClaimOutcome::Advanced => assert_eq!(current.next_run, next),
+            ClaimOutcome::Lost { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(updated.next_run <= current.next_run);
+    }
+    assert_eq!(current.version, 21);
+}
+
+#[tokio::test]
+async fn options_are_checked() {
+    let Some(url) = single_url() else {
+        return;
+    };
+    for prefix in ["", "a{b", "a}b"] {
+        assert!(matches!(
+            RedisStore::builder().prefix(prefix).connect(&url).await,
+            Err(Error::Invalid { .. })
+        ));
+    }
+    assert!(matches!(
+        RedisStore::builder().partitions(0).connect(&url).await,
+        Err(Error::Invalid { .. })
+    ));
+    let prefix = unique_prefix("parts");
+    RedisStore::builder()
+        .prefix(&prefix)
+        .partitions(8)
+        .connect(&url)
+        .await
+        .expect("first store sets the partition count");
+    match RedisStore::builder()
+        .prefix(&prefix)
+        .partitions(16)
+        .connect(&url)
+        .await
+    {
+        Err(Error::Invalid { field, .. }) => assert_eq!(field, "partitions"),
+        other => panic!("another partition count accepted: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable() {
+    // A port nothing listens on: bind one, then let it go.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let err = RedisStore::builder()
+        .connect_timeout(std::time::Duration::from_millis(500))
+        .connect(&format!("redis://127.0.0.1:{port}/"))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(matches!(
+        RedisStore::connect("not a url").await,
+        Err(Error::Invalid { .. })
+    ));
+}
