@@ -9,7 +9,10 @@
 //! - `TICKWHEEL_BIND`: address to listen on (default `127.0.0.1:8080`;
 //!   port 0 picks a free one). The address is printed as
 //!   `listening on http://ADDR`.
-//! - `TICKWHEEL_STORE`: `memory` (default), `postgres://…` or `redis://…`.
+//! - `TICKWHEEL_STORE`: `memory` (default), `postgres://…` or `redis://…`
+//!   (comma-separated `redis://` URLs for a Redis Cluster). Several servers
+//!   on one PostgreSQL or Redis store form a cluster: each occurrence runs
+//!   once across them.
 //! - `TICKWHEEL_API_KEYS`: comma-separated `KEY:TENANT:SCOPE` entries,
 //!   SCOPE `read` or `write`. Without it one write key for tenant `default`
 //!   is generated and printed.
@@ -127,11 +130,29 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// `memory`, `postgres://…` (migrations applied on connect) or `redis://…`
+/// (several comma-separated URLs: a Redis Cluster).
 async fn open_store(url: &str) -> Result<Arc<dyn Store>> {
     if url == "memory" {
         return Ok(Arc::new(MemoryStore::new()));
     }
-    bail!("TICKWHEEL_STORE={url:?}: expected `memory`")
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = tickwheel_postgres::PgStore::connect(url)
+            .await
+            .context("connecting to PostgreSQL (TICKWHEEL_STORE)")?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+        let store = if urls.len() > 1 {
+            tickwheel_redis::RedisStore::connect_cluster(&urls).await
+        } else {
+            tickwheel_redis::RedisStore::connect(url).await
+        }
+        .context("connecting to Redis (TICKWHEEL_STORE)")?;
+        return Ok(Arc::new(store));
+    }
+    bail!("TICKWHEEL_STORE={url:?}: expected `memory`, `postgres://…` or `redis://…`")
 }
 
 /// 244 random bits as text.

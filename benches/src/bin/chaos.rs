@@ -5,7 +5,7 @@
 //! cargo run --release -p tickwheel-benches --bin chaos -- \
 //!     --store postgres://…|redis://… --nodes 3 --tasks T --seconds S \
 //!     --kill-every K [--restart-store --restart-cmd 'SHELL COMMAND'] \
-//!     [--server PATH] [--lease-ms MS]
+//!     [--server PATH] [--lease-ms MS] [--work-ms MS]
 //! ```
 //!
 //! 1. Starts an HTTP collector in this process and `--nodes` example
@@ -14,7 +14,8 @@
 //!    the store, each with its own node id per incarnation.
 //! 2. Creates T tasks through the REST API: `* * * * * *`, `max_retries` 3,
 //!    misfire `catch_up`, notification `Http` to the collector, so every
-//!    run's side effect is recorded outside the store.
+//!    run's side effect is recorded outside the store. The collector takes
+//!    `--work-ms` (default 300) to answer, so kills cut runs off mid-way.
 //! 3. For S seconds, every K seconds kills one node at a random moment with
 //!    SIGKILL and starts it again; with `--restart-store`, runs
 //!    `--restart-cmd` (for example `pg_ctl restart`) once, half-way.
@@ -62,6 +63,7 @@ struct Args {
     restart_cmd: Option<String>,
     server: Option<PathBuf>,
     lease_ms: u64,
+    work_ms: u64,
 }
 
 fn parse_args() -> Result<Args> {
@@ -75,6 +77,7 @@ fn parse_args() -> Result<Args> {
         restart_cmd: None,
         server: None,
         lease_ms: 3000,
+        work_ms: 300,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -92,6 +95,7 @@ fn parse_args() -> Result<Args> {
             "--restart-cmd" => args.restart_cmd = Some(value),
             "--server" => args.server = Some(value.into()),
             "--lease-ms" => args.lease_ms = value.parse()?,
+            "--work-ms" => args.work_ms = value.parse()?,
             other => bail!("unknown option {other}"),
         }
     }
@@ -256,6 +260,7 @@ async fn run(args: Args) -> Result<bool> {
     // The collector.
     let ledger: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let sink = ledger.clone();
+    let work = Duration::from_millis(args.work_ms);
     let collector = axum::Router::new().route(
         "/hook",
         post(move |axum::Json(body): axum::Json<Value>| {
@@ -269,6 +274,7 @@ async fn run(args: Args) -> Result<bool> {
                         scheduled_for: text("scheduled_for"),
                         attempt: body["attempt"].as_u64().unwrap_or(0),
                     });
+                tokio::time::sleep(work).await;
                 "ok"
             }
         }),
