@@ -631,7 +631,33 @@ fn check_required(field: &'static str, value: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Every text field of a task, by name.
+fn text_fields(task: &Task) -> [(&'static str, Option<&str>); 9] {
+    [
+        ("tenant", Some(&task.tenant)),
+        ("name", Some(&task.name)),
+        ("description", Some(&task.description)),
+        ("agent", Some(&task.agent)),
+        ("prompt", Some(&task.prompt)),
+        ("schedule", task.schedule.as_deref()),
+        ("timezone", Some(&task.timezone)),
+        ("channel_id", task.channel_id.as_deref()),
+        (
+            "notification.destination",
+            task.notification.as_ref().map(|n| n.destination.as_str()),
+        ),
+    ]
+}
+
 fn check_fields(task: &Task) -> Result<(), Error> {
+    // NUL is the one character refused everywhere: PostgreSQL text cannot
+    // hold it, and a task must be storable in every backend. Every other
+    // character, control characters included, is kept verbatim.
+    for (field, value) in text_fields(task) {
+        if value.is_some_and(|v| v.contains('\0')) {
+            return Err(Error::invalid(field, "must not contain NUL (U+0000)"));
+        }
+    }
     check_required("name", &task.name)?;
     check_required("agent", &task.agent)?;
     if task.description.len() > MAX_DESCRIPTION_BYTES {
@@ -985,6 +1011,20 @@ mod tests {
                     ..base()
                 },
                 "channel_id",
+            ),
+            (
+                NewTask {
+                    prompt: Some("nul \0 inside".into()),
+                    ..base()
+                },
+                "prompt",
+            ),
+            (
+                NewTask {
+                    name: "\0".into(),
+                    ..base()
+                },
+                "name",
             ),
             (
                 NewTask {

@@ -200,6 +200,11 @@ async fn create_rejects_bad_input_naming_the_field() {
             "invalid_field",
             "channel_id",
         ),
+        (
+            json!({"name": "a\u{0}b", "agent": "a", "schedule": "@daily"}),
+            "invalid_field",
+            "NUL",
+        ),
         (json!([1, 2]), "invalid_field", "request body"),
         (json!("text"), "invalid_field", "request body"),
     ];
