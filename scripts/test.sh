@@ -56,3 +56,10 @@ done
 
 step "cargo test --workspace"
 cargo test --workspace --locked
+
+# Short chaos runs on both stores (see scripts/chaos.sh), when both started.
+if [[ -n ${TICKWHEEL_TEST_POSTGRES_URL:-} && -n ${TICKWHEEL_TEST_REDIS_URL:-} ]]; then
+  # shellcheck source=scripts/chaos.sh
+  source scripts/chaos.sh
+  run_chaos
+fi

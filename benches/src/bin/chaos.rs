@@ -13,7 +13,8 @@
 //!    binary's directory, as `cargo build --example server` leaves it) on
 //!    the store, each with its own node id per incarnation.
 //! 2. Creates T tasks through the REST API: `* * * * * *`, `max_retries` 3,
-//!    misfire `catch_up`, notification `Http` to the collector, so every
+//!    misfire `catch_up`, jitter 700 ms (so runs are in flight all through
+//!    each second), notification `Http` to the collector, so every
 //!    run's side effect is recorded outside the store. The collector takes
 //!    `--work-ms` (default 300) to answer, so kills cut runs off mid-way.
 //! 3. For S seconds, every K seconds kills one node at a random moment with
@@ -308,7 +309,7 @@ async fn run(args: Args) -> Result<bool> {
                 "agent": "chaos",
                 "schedule": "* * * * * *",
                 "notification": {"method": "Http", "destination": hook},
-                "policy": {"max_retries": MAX_RETRIES, "retry_backoff_ms": 200, "misfire": "catch_up", "timeout_ms": 20000},
+                "policy": {"max_retries": MAX_RETRIES, "retry_backoff_ms": 200, "misfire": "catch_up", "timeout_ms": 20000, "jitter_ms": 700},
             })),
         )
         .await?;
