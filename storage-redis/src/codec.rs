@@ -321,9 +321,11 @@ mod tests {
     #[test]
     fn execution_fields_round_trip() {
         let now: DateTime<Utc> = "2030-01-01T00:00:00.123456789Z".parse().unwrap();
-        let task = NewTask::cron("n", "a", "* * * * *")
-            .validate("t\0{x}|\"", now)
+        let mut task = NewTask::cron("n", "a", "* * * * *")
+            .validate("t{x}|\"", now)
             .unwrap();
+        // The model refuses NUL; the codec must still carry any byte.
+        task.tenant = "t\0{x}|\"".into();
         let mut e = Execution::start(
             &task,
             now,

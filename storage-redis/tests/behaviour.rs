@@ -38,7 +38,8 @@ async fn strings_are_stored_verbatim() {
     let Some(store) = single_store(&unique_prefix("verbatim"), 5).await else {
         return;
     };
-    let nasty = "a\0b\u{1}c\r\n\t'\"\\ %s %d {x} } ]] [[ --[==[ redis.call('FLUSHALL') é 😀 |:";
+    // No NUL: the model refuses it in task fields (the codec test covers it).
+    let nasty = "ab\u{1}c\r\n\t'\"\\ %s %d {x} } ]] [[ --[==[ redis.call('FLUSHALL') é 😀 |:";
     let tenant = format!("t{{{nasty}");
     let mut input = NewTask::cron(format!("n{nasty}"), format!("a{nasty}"), "* * * * *");
     input.description = Some(nasty.to_owned());
