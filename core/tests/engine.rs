@@ -71,6 +71,11 @@ impl Probe {
             count.fetch_add(1, Ordering::SeqCst);
             async move {
                 let cancel = run.cancel.clone();
+                // Registered before the run is reported, so a release sent
+                // as soon as the test sees the run is not lost.
+                let released = release.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
                 let _ = tx.send(run);
                 match mode {
                     Mode::Succeed => Ok(Some("ok".to_owned())),
@@ -78,7 +83,7 @@ impl Probe {
                     Mode::Block => {
                         tokio::select! {
                             _ = cancel.cancelled() => Err("cancelled".to_owned()),
-                            _ = release.notified() => Ok(None),
+                            _ = released => Ok(None),
                         }
                     }
                 }
