@@ -285,6 +285,10 @@ impl Scheduler {
     /// Stops claiming, waits up to `deadline` for runs in flight, then
     /// cancels the rest and records them `abandoned` (with an immediate
     /// retry, so another node runs them again).
+    ///
+    /// The deadline is measured on the scheduler's [`Clock`]: under a
+    /// [`ManualClock`](crate::ManualClock) it passes when the test moves the
+    /// clock past it.
     pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
         let (tx, rx) = oneshot::channel();
         let report = if self
