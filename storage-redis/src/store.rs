@@ -15,13 +15,14 @@ use tickwheel::store::{
     Change, ChangeFeed, Claim, ClaimKind, ClaimOutcome, DEFAULT_RETENTION, ExecutionPage,
     ExecutionQuery, Finish, FinishOutcome, MAX_PAGE, Recovered, TaskPage,
 };
-use tickwheel::{Error, Execution, ExecutionId, ExecutionStatus, Store, Task, TaskId, TaskPatch};
+use tickwheel::{Error, Execution, ExecutionId, Store, Task, TaskId, TaskPatch};
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
-    TASK_FIELDS, TaskFields, array, bytes, corrupt, exec_fields, exec_from_pairs, micros, name_of,
-    opt_strings, parse_micros, redis_error, strings, task_from_fields, trunc_exec, trunc_task,
+    TASK_FIELDS, TaskFields, array, bytes, corrupt, exec_encoding, exec_from_pairs, micros,
+    name_of, opt_strings, opt_text, parse_micros, redis_error, strings, task_from_fields,
+    trunc_exec, trunc_task,
 };
 use crate::conn::Conn;
 use crate::feed::{self, Message};
@@ -234,8 +235,10 @@ struct FinishItem {
     fence: u64,
     status: String,
     finished_at: String,
-    error: Option<String>,
-    output: Option<String>,
+    /// Encoded by `opt_text`.
+    error: String,
+    /// Encoded by `opt_text`.
+    output: String,
     retry_at: String,
     node: String,
     lease_until: String,
@@ -249,8 +252,8 @@ impl FinishItem {
             fence: f.fence,
             status: name_of(&f.status),
             finished_at: micros(f.finished_at),
-            error: f.error.map(|s| truncate(s, MAX_ERROR_BYTES)),
-            output: f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES)),
+            error: opt_text(f.error.map(|s| truncate(s, MAX_ERROR_BYTES)).as_deref()),
+            output: opt_text(f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES)).as_deref()),
             retry_at: f.retry_at.map(micros).unwrap_or_default(),
             node: f.node,
             lease_until: micros(f.lease_until),
@@ -265,10 +268,8 @@ impl FinishItem {
             .arg(self.fence)
             .arg(&self.status)
             .arg(&self.finished_at)
-            .arg(if self.error.is_some() { "1" } else { "0" })
-            .arg(self.error.as_deref().unwrap_or(""))
-            .arg(if self.output.is_some() { "1" } else { "0" })
-            .arg(self.output.as_deref().unwrap_or(""))
+            .arg(&self.error)
+            .arg(&self.output)
             .arg(&self.retry_at)
             .arg(&self.node)
             .arg(&self.lease_until)
@@ -1341,36 +1342,27 @@ fn encode_claim(inv: &mut ScriptInvocation<'static>, base: &str, c: &Claim) {
         }
     }
     inv.arg(c.missed.len());
-    let now = micros(c.now);
-    for at in &c.missed {
-        let fields = [
-            ("id", ExecutionId::new().to_string()),
-            ("task", c.task_id.to_string()),
-            ("sf", micros(*at)),
-            ("sa", now.clone()),
-            ("fa", now.clone()),
-            ("dur", "0".to_owned()),
-            ("att", "1".to_owned()),
-            ("st", name_of(&ExecutionStatus::Missed)),
-            ("node", c.node.clone()),
-            ("trig", name_of(&tickwheel::Trigger::Schedule)),
-            ("fence", "1".to_owned()),
-        ];
-        inv.arg(fields.len() * 2);
-        for (k, v) in fields {
-            inv.arg(k).arg(v);
+    if !c.missed.is_empty() {
+        inv.arg(micros(c.now)).arg(&c.node);
+        for at in &c.missed {
+            inv.arg(ExecutionId::new().to_string()).arg(micros(*at));
         }
     }
     match &c.execution {
         Some(e) => {
-            let fields = exec_fields(e);
-            inv.arg(fields.len() * 2);
-            for (k, v) in fields {
-                inv.arg(k).arg(v);
-            }
+            inv.arg("1")
+                .arg(e.id.to_string())
+                .arg(micros(e.scheduled_for))
+                .arg(e.attempt)
+                .arg(micros(e.started_at))
+                .arg(name_of(&e.trigger))
+                .arg(name_of(&e.status))
+                .arg(e.fence)
+                .arg(e.lease_until.map(micros).unwrap_or_default())
+                .arg(exec_encoding(e));
         }
         None => {
-            inv.arg(0);
+            inv.arg("0");
         }
     }
 }
