@@ -6,9 +6,10 @@
 //! definition as JSON in `d`, plus the fields the scripts read or write
 //! (`nr` next run, `lr` last run, `v` version, `en` enabled, `st` status,
 //! `ov` overlap, `mr` max retries, `bo` backoff, `cr` is cron, `tn` tenant,
-//! `rv` revision, `q` queued occurrence); `nr`, `lr` and `st` override the
-//! JSON, which is only rewritten by updates. An execution is a hash of its
-//! fields, absent fields being `None`.
+//! `rv` revision, `run` running executions, `q` queued occurrence); `nr`,
+//! `lr` and `st` override the JSON, which is only rewritten by updates. An
+//! execution is a hash: `c` its immutable part (see [`exec_encoding`]), the
+//! mutable fields beside it (layout in `scripts`).
 
 use chrono::{DateTime, Utc};
 use redis::{RedisError, Value};

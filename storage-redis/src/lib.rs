@@ -27,10 +27,9 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `B:t:<task>` | hash | the task: its definition as JSON (`d`) and the fields scripts use (next run, last run, version, enabled, status, overlap, retry policy, tenant, a revision counter, the queued occurrence) |
-//! | `B:r:<task>` | set | ids of the task's running executions |
+//! | `B:t:<task>` | hash | the task: its definition as JSON (`d`) and the fields scripts use (next run, last run, version, enabled, status, overlap, retry policy, tenant, a revision counter, its running executions, the queued occurrence) |
 //! | `B:h:<task>` | sorted set | the task's executions: score `scheduled_for`, member `<attempt, 10 digits>:<execution id>` (newest first = reverse order) |
-//! | `B:x:<execution>` | hash | one execution, a field per attribute |
+//! | `B:x:<execution>` | hash | one execution: its immutable part as one field, the mutable ones (status, fence, lease, finish, error, output, retry) as fields |
 //! | `B:due` | sorted set | enabled tasks by next run (the due index) |
 //! | `B:leases` | sorted set | running executions by lease end |
 //! | `B:retry` | sorted set | failed attempts by the time their retry is due |

@@ -68,6 +68,14 @@ local function run_remove(run, eid)
   return table.concat(kept, ',')
 end
 
+-- Whether a task's runs are tracked in its `run` list and their ends
+-- update the task: only when its overlap policy looks at what runs, or it
+-- is a one-time task (settled by its run). Runs of a cron task with
+-- `overlap: allow` (the default) leave the task alone when they end.
+local function needs_bookkeeping(ov, cr)
+  return ov ~= 'allow' or cr ~= '1'
+end
+
 local function attempt_prefix(att)
   return string.format('%010d', tonumber(att)) .. ':'
 end
@@ -110,8 +118,9 @@ local function trim(tid)
 end
 
 -- Inserts a new execution `e` (a table: id, sf, att, sa, trig, st, fence,
--- c, and optionally lease, fa, dur, err); false if (scheduled_for,
--- attempt) is taken.
+-- c, and optionally lease, fa, dur, err, tb); false if (scheduled_for,
+-- attempt) is taken. `tb` = '1' marks a run whose end updates its task (see
+-- needs_bookkeeping).
 local function insert_exec(tid, e)
   local prefix = attempt_prefix(e.att)
   local h = hkey(tid)
@@ -120,7 +129,7 @@ local function insert_exec(tid, e)
   end
   redis.call('HSET', xkey(e.id), 'c', e.c, 'task', tid, 'sa', e.sa, 'att', e.att,
     'trig', e.trig, 'st', e.st, 'fence', e.fence, 'lease', e.lease or '', 'fa', e.fa or '',
-    'dur', e.dur or '', 'err', e.err or '')
+    'dur', e.dur or '', 'err', e.err or '', 'tb', e.tb or '0')
   redis.call('ZADD', h, e.sf, prefix .. e.id)
   if e.st == 'running' and not none(e.lease) then
     redis.call('ZADD', LEASES, e.lease, e.id)
@@ -164,7 +173,7 @@ local function after_end(tid, eid, trig, status, retry, node, now, lease, new_id
     set[#set + 1] = 'lr'
     set[#set + 1] = now
     local e = {id = new_id, sf = sf, att = att, sa = now, trig = qtrig, st = 'running',
-      fence = '1', lease = lease,
+      fence = '1', lease = lease, tb = '1',
       c = lp(new_id) .. lp(tid) .. lp(tn) .. lp(sf) .. lp(now) .. lp(att) .. lp(node) .. lp(qtrig)}
     if insert_exec(tid, e) then
       run = new_id
@@ -256,9 +265,22 @@ local tid, tn, seen, d, nr, v, en, st, ov, mr, bo, cr, channel, msg =
   ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11],
   ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16]
 local t = tkey(tid)
-local owner, rv = unpack(redis.call('HMGET', t, 'tn', 'rv'))
+local owner, rv, old_ov, old_cr = unpack(redis.call('HMGET', t, 'tn', 'rv', 'ov', 'cr'))
 if owner ~= tn then return 'notfound' end
 if rv ~= seen then return 'retry' end
+if needs_bookkeeping(ov, cr) and not needs_bookkeeping(old_ov, old_cr) then
+  -- Runs started while the task needed no bookkeeping are not listed:
+  -- list them now, and have their ends update the task.
+  local running = {}
+  for _, m in ipairs(redis.call('ZRANGE', hkey(tid), 0, -1)) do
+    local eid = string.sub(m, 12)
+    if redis.call('HGET', xkey(eid), 'st') == 'running' then
+      redis.call('HSET', xkey(eid), 'tb', '1')
+      running[#running + 1] = eid
+    end
+  end
+  redis.call('HSET', t, 'run', table.concat(running, ','))
+end
 redis.call('HSET', t, 'd', d, 'v', v, 'en', en, 'st', st, 'ov', ov, 'mr', mr, 'bo', bo,
   'cr', cr)
 redis.call('HINCRBY', t, 'rv', 1)
@@ -407,7 +429,14 @@ local function start_or_overlap(tid, exec, set, run, ov, q)
     if #set > 0 then redis.call('HSET', t, unpack(set)) end
     return lost(tid)
   end
-  redis.call('HSET', t, 'lr', now, 'run', run_add(run, exec.id), unpack(set))
+  if exec.tb == '1' then
+    set[#set + 1] = 'run'
+    set[#set + 1] = run_add(run, exec.id)
+  elseif #replaced > 0 then
+    set[#set + 1] = 'run'
+    set[#set + 1] = ''
+  end
+  redis.call('HSET', t, 'lr', now, unpack(set))
   if #replaced == 0 then return {'S'} end
   local out = {'R'}
   for _, rid in ipairs(replaced) do out[#out + 1] = rid end
@@ -417,11 +446,11 @@ end
 local function claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, now, node, exec)
   local t = tkey(tid)
   local set = {}
-  local run, ov, q
+  local run, ov, q, cr
   if kind == 'S' then
     local d, nr, lr, v, en, st, rv, tn
-    d, nr, lr, v, en, st, rv, tn, run, ov, q = unpack(redis.call('HMGET', t, 'd', 'nr', 'lr',
-      'v', 'en', 'st', 'rv', 'tn', 'run', 'ov', 'q'))
+    d, nr, lr, v, en, st, rv, tn, run, ov, q, cr = unpack(redis.call('HMGET', t, 'd', 'nr',
+      'lr', 'v', 'en', 'st', 'rv', 'tn', 'run', 'ov', 'q', 'cr'))
     if en ~= '1' or nr ~= exp_nr or v ~= exp_v then
       return replay(tid, exec) or lost_reply(d, nr, lr, v, en, st)
     end
@@ -445,7 +474,7 @@ local function claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, now, 
     end
   else
     local tn
-    tn, run, ov, q = unpack(redis.call('HMGET', t, 'tn', 'run', 'ov', 'q'))
+    tn, run, ov, q, cr = unpack(redis.call('HMGET', t, 'tn', 'run', 'ov', 'q', 'cr'))
     if not tn then return {'L'} end
     if kind == 'R' then
       local x = xkey(failed)
@@ -461,6 +490,7 @@ local function claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, now, 
     end
     if not exec then return {'A'} end
   end
+  exec.tb = needs_bookkeeping(ov, cr) and '1' or '0'
   return start_or_overlap(tid, exec, set, run, ov, q)
 end
 
@@ -514,8 +544,8 @@ return 'ok'
 const FINISH: &str = r#"
 local function finish_one(eid, fence, status, fa, err, output, retry, node, lease, new_id)
   local x = xkey(eid)
-  local st, xf, tid, trig, sa, xfa =
-    unpack(redis.call('HMGET', x, 'st', 'fence', 'task', 'trig', 'sa', 'fa'))
+  local st, xf, tid, trig, sa, xfa, tb =
+    unpack(redis.call('HMGET', x, 'st', 'fence', 'task', 'trig', 'sa', 'fa', 'tb'))
   if not st then return {'C', 'gone'} end
   if st ~= 'running' or xf ~= fence then
     if st == status and tonumber(xf) == tonumber(fence) + 1 and xfa == fa then
@@ -533,6 +563,7 @@ local function finish_one(eid, fence, status, fa, err, output, retry, node, leas
     retry = ''
   end
   end_running(eid, sa, xf, status, fa, err, extra)
+  if tb ~= '1' then return {'OK'} end
   local started = after_end(tid, eid, trig, status, retry, node, fa, lease, new_id)
   trim(tid)
   if started then
@@ -567,8 +598,8 @@ local WHY = '=lease expired: its scheduler stopped renewing it'
 local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', '(' .. now, 'LIMIT', 0, limit)
 for j, eid in ipairs(expired) do
   local x = xkey(eid)
-  local tid, st, att, trig, sa, fence =
-    unpack(redis.call('HMGET', x, 'task', 'st', 'att', 'trig', 'sa', 'fence'))
+  local tid, st, att, trig, sa, fence, tb =
+    unpack(redis.call('HMGET', x, 'task', 'st', 'att', 'trig', 'sa', 'fence', 'tb'))
   if st ~= 'running' then
     redis.call('ZREM', LEASES, eid)
   else
@@ -581,7 +612,10 @@ for j, eid in ipairs(expired) do
       redis.call('ZADD', RETRY, retry, eid)
     end
     end_running(eid, sa, fence, 'abandoned', now, WHY, extra)
-    local started = after_end(tid, eid, trig, 'abandoned', retry, node, now, lease, ARGV[5 + j])
+    local started = nil
+    if tb == '1' then
+      started = after_end(tid, eid, trig, 'abandoned', retry, node, now, lease, ARGV[5 + j])
+    end
     local a = {'A'}
     for _, v in ipairs(exec_reply(eid)) do a[#a + 1] = v end
     out[#out + 1] = a

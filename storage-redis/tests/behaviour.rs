@@ -244,3 +244,72 @@ async fn an_unreachable_server_is_unavailable() {
         Err(Error::Invalid { .. })
     ));
 }
+
+/// Runs of a default (`overlap: allow`) cron task are not tracked on the
+/// task; switching the policy to `skip` while one runs lists it, so the
+/// next occurrence is skipped as the memory store would.
+#[tokio::test]
+async fn a_policy_switch_sees_the_runs_already_running() {
+    let Some(store) = single_store(&unique_prefix("switch"), 50).await else {
+        return;
+    };
+    let task = store
+        .create_task(
+            NewTask::cron("s", "a", "* * * * *")
+                .validate("switch", Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let at = task.next_run.unwrap();
+    let ClaimOutcome::Started(first) =
+        store.claim(vec![manual(&task, at)]).await.unwrap()[0].clone()
+    else {
+        panic!("not started");
+    };
+    let patch = TaskPatch {
+        policy: Some(Policy {
+            overlap: Overlap::Skip,
+            ..Policy::default()
+        }),
+        ..TaskPatch::default()
+    };
+    let task = store
+        .update_task("switch", task.id, &patch, None, at)
+        .await
+        .unwrap();
+    let later = at + Duration::seconds(60);
+    match store
+        .claim(vec![manual(&task, later)])
+        .await
+        .unwrap()
+        .remove(0)
+    {
+        ClaimOutcome::Skipped(e) => assert_eq!(e.scheduled_for, later),
+        other => panic!("expected Skipped, got {other:?}"),
+    }
+    // Once the first run ends, the next one starts.
+    store
+        .finish(Finish {
+            id: first.id,
+            fence: first.fence,
+            status: ExecutionStatus::Succeeded,
+            finished_at: later,
+            error: None,
+            output: None,
+            retry_at: None,
+            node: "n".into(),
+            lease_until: later + Duration::seconds(30),
+        })
+        .await
+        .unwrap();
+    let again = later + Duration::seconds(60);
+    assert!(matches!(
+        store
+            .claim(vec![manual(&task, again)])
+            .await
+            .unwrap()
+            .remove(0),
+        ClaimOutcome::Started(_)
+    ));
+}
