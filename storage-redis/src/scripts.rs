@@ -39,6 +39,7 @@ local RETENTION = tonumber(ARGV[2])
 -- per item with use_base.
 local B, DUE, LEASES, RETRY
 local function use_base(base)
+  if base == B then return end
   B = base
   DUE, LEASES, RETRY = base .. ':due', base .. ':leases', base .. ':retry'
 end
@@ -371,15 +372,17 @@ local function lost(tid)
   return lost_reply(unpack(redis.call('HMGET', tkey(tid), unpack(TASK_FIELDS))))
 end
 
--- The reply of a claim applied before (same execution id), or nil.
-local function replay(tid, exec)
-  if not RESEND or not exec then return nil end
-  local owner, st = unpack(redis.call('HMGET', xkey(exec.id), 'task', 'st'))
+-- The reply of a claim applied before (same execution id, its arguments
+-- at ARGV[exec_at]), or nil.
+local function replay(tid, exec_at)
+  if not RESEND or not exec_at then return nil end
+  local eid = ARGV[exec_at]
+  local owner, st = unpack(redis.call('HMGET', xkey(eid), 'task', 'st'))
   if owner ~= tid then return nil end
   if st == 'running' then return {'S'} end
   if st == 'skipped' then
     local out = {'K'}
-    for _, v in ipairs(exec_reply(exec.id)) do out[#out + 1] = v end
+    for _, v in ipairs(exec_reply(eid)) do out[#out + 1] = v end
     return out
   end
   return nil
@@ -443,8 +446,16 @@ local function start_or_overlap(tid, exec, set, run, ov, q)
   return out
 end
 
-local function claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, now, node, exec)
+-- The execution whose arguments start at ARGV[at].
+local function read_exec(at)
+  return {id = ARGV[at], sf = ARGV[at + 1], att = ARGV[at + 2], sa = ARGV[at + 3],
+    trig = ARGV[at + 4], st = ARGV[at + 5], fence = ARGV[at + 6], lease = ARGV[at + 7],
+    c = ARGV[at + 8]}
+end
+
+local function claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, now, node, exec_at)
   local t = tkey(tid)
+  local exec = nil
   local set = {}
   local run, ov, q, cr
   if kind == 'S' then
@@ -452,7 +463,7 @@ local function claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, now, 
     d, nr, lr, v, en, st, rv, tn, run, ov, q, cr = unpack(redis.call('HMGET', t, 'd', 'nr',
       'lr', 'v', 'en', 'st', 'rv', 'tn', 'run', 'ov', 'q', 'cr'))
     if en ~= '1' or nr ~= exp_nr or v ~= exp_v then
-      return replay(tid, exec) or lost_reply(d, nr, lr, v, en, st)
+      return replay(tid, exec_at) or lost_reply(d, nr, lr, v, en, st)
     end
     if new_nr ~= '' then
       redis.call('ZADD', DUE, new_nr, tid)
@@ -468,7 +479,7 @@ local function claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, now, 
       insert_exec(tid, {id = m[1], sf = m[2], c = c, att = '1', sa = now,
         trig = 'schedule', st = 'missed', fence = '1', fa = now, dur = '0'})
     end
-    if not exec then
+    if not exec_at then
       redis.call('HSET', t, unpack(set))
       return {'A'}
     end
@@ -480,16 +491,17 @@ local function claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, now, 
       local x = xkey(failed)
       local owner, retry = unpack(redis.call('HMGET', x, 'task', 'retry'))
       if owner ~= tid or none(retry) then
-        return replay(tid, exec) or lost(tid)
+        return replay(tid, exec_at) or lost(tid)
       end
       redis.call('ZREM', RETRY, failed)
       redis.call('HSET', x, 'retry', '')
     else
-      local r = replay(tid, exec)
+      local r = replay(tid, exec_at)
       if r then return r end
     end
-    if not exec then return {'A'} end
+    if not exec_at then return {'A'} end
   end
+  exec = read_exec(exec_at)
   exec.tb = needs_bookkeeping(ov, cr) and '1' or '0'
   return start_or_overlap(tid, exec, set, run, ov, q)
 end
@@ -510,10 +522,11 @@ for c = 1, tonumber(ARGV[4]) do
     now, node = nxt(), nxt()
     for m = 1, nmissed do missed[m] = {nxt(), nxt()} end
   end
+  -- The execution is read from ARGV only if the claim gets that far.
   local exec = nil
   if nxt() == '1' then
-    exec = {id = nxt(), sf = nxt(), att = nxt(), sa = nxt(), trig = nxt(), st = nxt(),
-      fence = nxt(), lease = nxt(), c = nxt()}
+    exec = i
+    i = i + 9
   end
   out[c] = claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, now, node, exec)
 end

@@ -1164,6 +1164,11 @@ impl Store for RedisStore {
         for (i, c) in claims.iter().enumerate() {
             groups[self.group_of(self.partition(c.task_id))].push(i);
         }
+        // Items of one partition next to each other: the script switches
+        // key bases only between them.
+        for idx in &mut groups {
+            idx.sort_by_key(|&i| self.partition(claims[i].task_id));
+        }
         let calls = groups
             .iter()
             .enumerate()
