@@ -981,6 +981,8 @@ impl RedisStore {
         if answers.iter().any(|a| a == "ok") {
             Ok(())
         } else if answers.iter().any(|a| a == "taken") {
+            // A fenced run is cancelled without a finish: forget it now.
+            self.forget(id);
             Err(Error::conflict(format!("execution {id} was taken over")))
         } else {
             self.forget(id);
