@@ -396,12 +396,8 @@ impl RedisStore {
     /// The partition of a task: the low 64 bits of its id (random in a
     /// UUIDv7) modulo the partition count.
     fn partition(&self, id: TaskId) -> usize {
-        let tail = u64::from_be_bytes(
-            id.as_uuid().as_bytes()[8..]
-                .try_into()
-                .expect("a UUID has 16 bytes"),
-        );
-        (tail % self.partitions() as u64) as usize
+        let (_, low) = id.as_uuid().as_u64_pair();
+        (low % self.partitions() as u64) as usize
     }
 
     fn base(&self, p: usize) -> &str {
@@ -462,12 +458,10 @@ impl RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(redis_error)?;
-        let Some(task) = task_from_fields(&values[..TASK_FIELDS.len()])? else {
+        let [fields @ .., Some(tenant), Some(rv)] = &values[..] else {
             return Ok(None);
         };
-        let tenant = values[TASK_FIELDS.len()].clone().unwrap_or_default();
-        let rv = values[TASK_FIELDS.len() + 1].clone().unwrap_or_default();
-        Ok(Some((task, tenant, rv)))
+        Ok(task_from_fields(fields)?.map(|task| (task, tenant.clone(), rv.clone())))
     }
 
     /// Reads tasks by id, grouped by partition; missing ones are left out.
@@ -1344,6 +1338,7 @@ fn encode_claim(inv: &mut ScriptInvocation<'static>, base: &str, c: &Claim) {
         ClaimKind::Retry { failed } => {
             inv.arg("R").arg(failed.to_string());
         }
+        // `ClaimKind::Manual`, the only other kind.
         _ => {
             inv.arg("M");
         }
