@@ -287,8 +287,13 @@ pub(crate) fn task_from_fields(f: &[Option<Vec<u8>>]) -> Result<Option<Task>, Er
     let Some(Some(d)) = f.first() else {
         return Ok(None);
     };
-    let mut task: Task =
-        serde_json::from_slice(d).map_err(|e| corrupt(format!("stored task: {e}")))?;
+    let task: Task = serde_json::from_slice(d).map_err(|e| corrupt(format!("stored task: {e}")))?;
+    overlay(task, f).map(Some)
+}
+
+/// `task` (a definition read earlier) with the bookkeeping of the
+/// [`TASK_FIELDS`] `f` (whose `d` is not looked at).
+pub(crate) fn overlay(mut task: Task, f: &[Option<Vec<u8>>]) -> Result<Task, Error> {
     let get = |i: usize| f.get(i).and_then(|v| v.as_deref());
     task.next_run = get(1).map(parse_micros).transpose()?;
     task.last_run = get(2).map(parse_micros).transpose()?;
@@ -301,7 +306,7 @@ pub(crate) fn task_from_fields(f: &[Option<Vec<u8>>]) -> Result<Option<Task>, Er
     if let Some(st) = get(5) {
         task.status = parse_name(st)?;
     }
-    Ok(Some(task))
+    Ok(task)
 }
 
 /// The bytes of a bulk or simple string reply; `None` for nil.

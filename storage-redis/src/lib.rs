@@ -62,7 +62,18 @@
 //!   `id` / `(next_run, id)` order.
 //! - Renew and finish find an execution's partition from a map of the
 //!   executions this store started; one started through another store
-//!   instance is looked for in every partition.
+//!   instance is looked for in every partition. Results are sent in
+//!   batches: those recorded while a batch is on the wire go in the next.
+//! - A lost claim answers with the task as it is now; the definition part
+//!   is left out of the reply when this store already holds it at that
+//!   version (definitions are immutable per version), which saves the
+//!   server and the client most of the cost of the claims that lose
+//!   (every scheduler claims every occurrence; all but one lose).
+//! - Cron tasks with `overlap: allow` (the default) are not told when their
+//!   runs end: nothing about them depends on what runs. Other overlap
+//!   policies and one-time tasks keep a list of their running executions;
+//!   an update that switches a task to such a policy lists the runs in
+//!   flight first.
 //! - The change feed is pub/sub: create, update and delete publish from
 //!   inside their script. A dedicated connection receives; after it is
 //!   lost it resubscribes and emits [`Change::Resync`](tickwheel::store::Change::Resync)

@@ -340,7 +340,9 @@ return 'ok'
 /// this call is a re-send of one whose reply was lost, ARGV[4] = number of
 /// claims, then per claim: partition base, task id, kind (`S`cheduled,
 /// `R`etry, `M`anual), for S: expected next_run, expected version, new
-/// next_run ("" none); for R: the failed execution id; then the number of
+/// next_run ("" none), the version of the definition the client has (""
+/// none; a lost claim's reply leaves out a definition the client has, as
+/// an empty `d`); for R: the failed execution id; then the number of
 /// missed records, and if any the claim's time and node and each as (id,
 /// scheduled_for); then `0` (no execution) or `1` and the
 /// execution's id, scheduled_for, attempt, started_at, trigger, status,
@@ -453,7 +455,8 @@ local function read_exec(at)
     c = ARGV[at + 8]}
 end
 
-local function claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, now, node, exec_at)
+local function claim_one(tid, kind, exp_nr, exp_v, new_nr, kv, failed, missed, now, node,
+    exec_at)
   local t = tkey(tid)
   local exec = nil
   local set = {}
@@ -463,6 +466,9 @@ local function claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, now, 
     d, nr, lr, v, en, st, rv, tn, run, ov, q, cr = unpack(redis.call('HMGET', t, 'd', 'nr',
       'lr', 'v', 'en', 'st', 'rv', 'tn', 'run', 'ov', 'q', 'cr'))
     if en ~= '1' or nr ~= exp_nr or v ~= exp_v then
+      -- The claimer's store has the definition at version `kv`: no need to
+      -- send it again.
+      if d and v == kv then d = '' end
       return replay(tid, exec_at) or lost_reply(d, nr, lr, v, en, st)
     end
     if new_nr ~= '' then
@@ -510,9 +516,9 @@ local out = {}
 for c = 1, tonumber(ARGV[4]) do
   use_base(nxt())
   local tid, kind = nxt(), nxt()
-  local exp_nr, exp_v, new_nr, failed
+  local exp_nr, exp_v, new_nr, kv, failed
   if kind == 'S' then
-    exp_nr, exp_v, new_nr = nxt(), nxt(), nxt()
+    exp_nr, exp_v, new_nr, kv = nxt(), nxt(), nxt(), nxt()
   elseif kind == 'R' then
     failed = nxt()
   end
@@ -528,7 +534,7 @@ for c = 1, tonumber(ARGV[4]) do
     exec = i
     i = i + 9
   end
-  out[c] = claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, now, node, exec)
+  out[c] = claim_one(tid, kind, exp_nr, exp_v, new_nr, kv, failed, missed, now, node, exec)
 end
 return out
 "#;

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
     TASK_FIELDS, TaskFields, array, bytes, corrupt, exec_encoding, exec_from_pairs, micros,
-    name_of, opt_strings, opt_text, parse_micros, redis_error, strings, task_from_fields,
+    name_of, opt_strings, opt_text, overlay, parse_micros, redis_error, strings, task_from_fields,
     trunc_exec, trunc_task,
 };
 use crate::conn::Conn;
@@ -213,7 +213,15 @@ struct Shared {
     owners: Mutex<HashMap<ExecutionId, usize>>,
     /// Results waiting to be sent, batched (see `RedisStore::finish_batched`).
     finishes: Mutex<FinishQueue>,
+    /// Task definitions read, by id: a lost claim for a task whose
+    /// definition (`version`) is here gets only the bookkeeping fields back.
+    /// A definition is immutable at a version, so an entry is never stale
+    /// for its version; the map is emptied when it reaches `DEFS_MAX`.
+    defs: Mutex<HashMap<TaskId, Arc<Task>>>,
 }
+
+/// Most task definitions kept in `Shared::defs`.
+const DEFS_MAX: usize = 200_000;
 
 #[derive(Default)]
 struct FinishQueue {
@@ -350,6 +358,7 @@ impl RedisStore {
                 stop: CancellationToken::new(),
                 owners: Mutex::new(HashMap::new()),
                 finishes: Mutex::new(FinishQueue::default()),
+                defs: Mutex::new(HashMap::new()),
             }),
         };
         store.check_partitions(options.partitions).await?;
@@ -438,6 +447,20 @@ impl RedisStore {
         self.shared.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn defs(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Arc<Task>>> {
+        // Plain data; a panic elsewhere cannot break it.
+        self.shared.defs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `task`'s definition for lost claims.
+    fn keep_def(&self, task: &Task) {
+        let mut defs = self.defs();
+        if defs.len() >= DEFS_MAX && !defs.contains_key(&task.id) {
+            defs.clear();
+        }
+        defs.insert(task.id, Arc::new(task.clone()));
+    }
+
     /// Partitions to try for an execution: its known one, or all of them.
     fn partitions_of(&self, id: ExecutionId) -> Vec<usize> {
         match self.owners().get(&id) {
@@ -461,7 +484,11 @@ impl RedisStore {
         let [fields @ .., Some(tenant), Some(rv)] = &values[..] else {
             return Ok(None);
         };
-        Ok(task_from_fields(fields)?.map(|task| (task, tenant.clone(), rv.clone())))
+        let task = task_from_fields(fields)?;
+        if let Some(task) = &task {
+            self.keep_def(task);
+        }
+        Ok(task.map(|task| (task, tenant.clone(), rv.clone())))
     }
 
     /// Reads tasks by id, grouped by partition; missing ones are left out.
@@ -487,6 +514,7 @@ impl RedisStore {
                 let mut tasks = Vec::with_capacity(rows.len());
                 for row in rows {
                     if let Some(task) = task_from_fields(&row)? {
+                        self.keep_def(&task);
                         tasks.push(task);
                     }
                 }
@@ -536,7 +564,13 @@ impl RedisStore {
             inv.arg(if resend { "1" } else { "0" }).arg(idx.len());
             for &i in idx {
                 let claim = &claims[i];
-                encode_claim(&mut inv, self.base(self.partition(claim.task_id)), claim);
+                let known = self.defs().get(&claim.task_id).map(|t| t.version);
+                encode_claim(
+                    &mut inv,
+                    self.base(self.partition(claim.task_id)),
+                    known,
+                    claim,
+                );
             }
             match self.eval::<Value>(&inv).await {
                 Err(err)
@@ -559,8 +593,15 @@ impl RedisStore {
         }
     }
 
-    /// The outcome of one claim from its script reply.
-    fn claim_outcome(&self, p: usize, claim: Claim, reply: Value) -> Result<ClaimOutcome, Error> {
+    /// The outcome of one claim from its script reply; `None` for a lost
+    /// claim whose definition, left out of the reply, is no longer kept
+    /// here (the caller reads the task).
+    fn claim_outcome(
+        &self,
+        p: usize,
+        claim: Claim,
+        reply: Value,
+    ) -> Result<Option<ClaimOutcome>, Error> {
         let items = array(reply)?;
         let Some(kind) = items.first().map(bytes).transpose()?.flatten() else {
             return Err(corrupt("empty claim reply"));
@@ -574,7 +615,7 @@ impl RedisStore {
             self.remember(e.id, p);
             Ok(e)
         };
-        Ok(match kind.as_slice() {
+        Ok(Some(match kind.as_slice() {
             b"S" => ClaimOutcome::Started(started(claim)?),
             b"K" => ClaimOutcome::Skipped(exec_from_pairs(&strings(rest)?)?),
             b"Q" => ClaimOutcome::Queued,
@@ -591,16 +632,36 @@ impl RedisStore {
                     })
                     .collect::<Result<_, _>>()?,
             },
-            b"L" => ClaimOutcome::Lost {
-                current: task_from_fields(&opt_strings(rest)?)?.map(Box::new),
-            },
+            b"L" => {
+                let fields = opt_strings(rest)?;
+                let current = match fields.first() {
+                    // Left out: the definition kept here is current.
+                    Some(Some(d)) if d.is_empty() => {
+                        let def = self.defs().get(&claim.task_id).cloned();
+                        match def {
+                            Some(def) => Some(overlay((*def).clone(), &fields)?),
+                            None => return Ok(None),
+                        }
+                    }
+                    _ => {
+                        let task = task_from_fields(&fields)?;
+                        if let Some(task) = &task {
+                            self.keep_def(task);
+                        }
+                        task
+                    }
+                };
+                ClaimOutcome::Lost {
+                    current: current.map(Box::new),
+                }
+            }
             other => {
                 return Err(corrupt(format!(
                     "unknown claim reply {:?}",
                     String::from_utf8_lossy(other)
                 )));
             }
-        })
+        }))
     }
 
     /// Keys of `limit` smallest entries across partitions, each partition
@@ -1037,7 +1098,10 @@ impl Store for RedisStore {
             .arg(&self.shared.channel)
             .arg(Self::change_message(&task));
         match self.eval::<String>(&inv).await?.as_str() {
-            "ok" => Ok(task),
+            "ok" => {
+                self.keep_def(&task);
+                Ok(task)
+            }
             "exists" => Err(Error::conflict(format!("task {} already exists", task.id))),
             other => Err(corrupt(format!("create: {other}"))),
         }
@@ -1130,7 +1194,10 @@ impl Store for RedisStore {
                 .arg(&self.shared.channel)
                 .arg(Self::change_message(&updated));
             match self.eval::<String>(&inv).await?.as_str() {
-                "ok" => return Ok(updated),
+                "ok" => {
+                    self.keep_def(&updated);
+                    return Ok(updated);
+                }
                 "notfound" => return Err(Error::task_not_found(id)),
                 "retry" => continue,
                 other => return Err(corrupt(format!("update: {other}"))),
@@ -1181,14 +1248,19 @@ impl Store for RedisStore {
                 slots[i] = Some(r);
             }
         }
-        claims
-            .into_iter()
-            .zip(slots)
-            .map(|(claim, reply)| {
-                let reply = reply.ok_or_else(|| corrupt("claim without a reply"))?;
-                self.claim_outcome(self.partition(claim.task_id), claim, reply)
-            })
-            .collect()
+        let mut outcomes = Vec::with_capacity(claims.len());
+        for (claim, reply) in claims.into_iter().zip(slots) {
+            let reply = reply.ok_or_else(|| corrupt("claim without a reply"))?;
+            let id = claim.task_id;
+            let outcome = match self.claim_outcome(self.partition(id), claim, reply)? {
+                Some(outcome) => outcome,
+                None => ClaimOutcome::Lost {
+                    current: self.read_task(id).await?.map(|(t, ..)| Box::new(t)),
+                },
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
     }
 
     async fn finish(&self, f: Finish) -> Result<FinishOutcome, Error> {
@@ -1322,7 +1394,12 @@ impl Store for RedisStore {
 }
 
 /// Appends one claim to a claim script call (layout in `scripts::CLAIM`).
-fn encode_claim(inv: &mut ScriptInvocation<'static>, base: &str, c: &Claim) {
+fn encode_claim(
+    inv: &mut ScriptInvocation<'static>,
+    base: &str,
+    known_version: Option<u64>,
+    c: &Claim,
+) {
     inv.arg(base).arg(c.task_id.to_string());
     match &c.kind {
         ClaimKind::Scheduled {
@@ -1333,7 +1410,8 @@ fn encode_claim(inv: &mut ScriptInvocation<'static>, base: &str, c: &Claim) {
             inv.arg("S")
                 .arg(micros(*expected_next_run))
                 .arg(expected_version)
-                .arg(new_next_run.map(micros).unwrap_or_default());
+                .arg(new_next_run.map(micros).unwrap_or_default())
+                .arg(known_version.map(|v| v.to_string()).unwrap_or_default());
         }
         ClaimKind::Retry { failed } => {
             inv.arg("R").arg(failed.to_string());

@@ -313,3 +313,68 @@ async fn a_policy_switch_sees_the_runs_already_running() {
         ClaimOutcome::Started(_)
     ));
 }
+
+/// A lost claim reports the task as it is now, whether or not the store
+/// that claimed has its definition (it then leaves it out of the reply).
+#[tokio::test]
+async fn a_lost_claim_reports_the_task_as_it_is() {
+    let prefix = unique_prefix("lost");
+    let (Some(a), Some(b)) = (
+        single_store(&prefix, 5).await,
+        single_store(&prefix, 5).await,
+    ) else {
+        return;
+    };
+    let task = a
+        .create_task(
+            NewTask::cron("l", "a", "* * * * *")
+                .validate("lost", Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let at = task.next_run.unwrap();
+    let claim = Claim {
+        task_id: task.id,
+        kind: ClaimKind::Scheduled {
+            expected_next_run: at,
+            expected_version: task.version,
+            new_next_run: Some(at + Duration::seconds(60)),
+        },
+        execution: Some(Execution::start(
+            &task,
+            at,
+            1,
+            Trigger::Schedule,
+            "n",
+            at,
+            at + Duration::seconds(30),
+        )),
+        missed: Vec::new(),
+        node: "n".into(),
+        now: at,
+    };
+    assert!(matches!(
+        a.claim(vec![claim.clone()]).await.unwrap()[0],
+        ClaimOutcome::Started(_)
+    ));
+    let now = a.get_task("lost", task.id).await.unwrap();
+    for store in [&a, &b] {
+        match store.claim(vec![claim.clone()]).await.unwrap().remove(0) {
+            ClaimOutcome::Lost { current } => assert_eq!(current.as_deref(), Some(&now)),
+            other => panic!("{other:?}"),
+        }
+    }
+    let patch = TaskPatch {
+        name: Some("renamed".into()),
+        ..TaskPatch::default()
+    };
+    let renamed = b
+        .update_task("lost", task.id, &patch, None, at)
+        .await
+        .unwrap();
+    match a.claim(vec![claim]).await.unwrap().remove(0) {
+        ClaimOutcome::Lost { current } => assert_eq!(current.as_deref(), Some(&renamed)),
+        other => panic!("{other:?}"),
+    }
+}
