@@ -6,9 +6,10 @@
 //! definition as JSON in `d`, plus the fields the scripts read or write
 //! (`nr` next run, `lr` last run, `v` version, `en` enabled, `st` status,
 //! `ov` overlap, `mr` max retries, `bo` backoff, `cr` is cron, `tn` tenant,
-//! `rv` revision, `q` queued occurrence); `nr`, `lr` and `st` override the
-//! JSON, which is only rewritten by updates. An execution is a hash of its
-//! fields, absent fields being `None`.
+//! `rv` revision, `run` running executions, `q` queued occurrence); `nr`,
+//! `lr` and `st` override the JSON, which is only rewritten by updates. An
+//! execution is a hash: `c` its immutable part (see [`exec_encoding`]), the
+//! mutable fields beside it (layout in `scripts`).
 
 use chrono::{DateTime, Utc};
 use redis::{RedisError, Value};
@@ -110,39 +111,72 @@ fn number<T: std::str::FromStr>(bytes: &[u8]) -> Result<T, Error> {
         .ok_or_else(|| corrupt("bad stored number"))
 }
 
-/// The fields of an execution hash (including `id`, which scripts append
-/// to replies), in the order scripts expect them for new executions.
-pub(crate) fn exec_fields(e: &Execution) -> Vec<(&'static str, String)> {
-    let mut f = Vec::with_capacity(16);
-    f.push(("id", e.id.to_string()));
-    f.push(("task", e.task_id.to_string()));
-    f.push(("tn", e.tenant.clone()));
-    f.push(("sf", micros(e.scheduled_for)));
-    f.push(("sa", micros(e.started_at)));
-    if let Some(t) = e.finished_at {
-        f.push(("fa", micros(t)));
+/// The immutable part of an execution as stored in its hash's `c` field:
+/// id, task, tenant, scheduled_for, started_at, attempt, node, trigger,
+/// each as its length in bytes, `:`, and the bytes.
+pub(crate) fn exec_encoding(e: &Execution) -> String {
+    let parts = [
+        e.id.to_string(),
+        e.task_id.to_string(),
+        e.tenant.clone(),
+        micros(e.scheduled_for),
+        micros(e.started_at),
+        e.attempt.to_string(),
+        e.node.clone(),
+        name_of(&e.trigger),
+    ];
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
+    for p in parts {
+        out.push_str(&p.len().to_string());
+        out.push(':');
+        out.push_str(&p);
     }
-    if let Some(d) = e.duration_ms {
-        f.push(("dur", d.to_string()));
+    out
+}
+
+/// The parts of an [`exec_encoding`].
+fn decode_encoding(mut c: &[u8]) -> Result<Vec<&[u8]>, Error> {
+    let mut parts = Vec::with_capacity(8);
+    while !c.is_empty() {
+        let colon = c
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or_else(|| corrupt("bad execution encoding"))?;
+        let len: usize = number(&c[..colon])?;
+        let rest = &c[colon + 1..];
+        if rest.len() < len {
+            return Err(corrupt("short execution encoding"));
+        }
+        parts.push(&rest[..len]);
+        c = &rest[len..];
     }
-    f.push(("att", e.attempt.to_string()));
-    f.push(("st", name_of(&e.status)));
-    if let Some(err) = &e.error {
-        f.push(("err", err.clone()));
+    Ok(parts)
+}
+
+/// An optional text as stored: empty for none, else `=` and the text (so
+/// an empty text is not none).
+pub(crate) fn opt_text(value: Option<&str>) -> String {
+    match value {
+        Some(v) => format!("={v}"),
+        None => String::new(),
     }
-    if let Some(out) = &e.output {
-        f.push(("out", out.clone()));
+}
+
+fn parse_opt_text(value: &[u8]) -> Result<Option<String>, Error> {
+    match value.split_first() {
+        None => Ok(None),
+        Some((b'=', rest)) => Ok(Some(text(rest)?)),
+        Some(_) => Err(corrupt("bad optional text")),
     }
-    f.push(("node", e.node.clone()));
-    f.push(("trig", name_of(&e.trigger)));
-    if let Some(t) = e.lease_until {
-        f.push(("lease", micros(t)));
+}
+
+/// A time field that is empty for none.
+fn opt_micros(value: &[u8]) -> Result<Option<DateTime<Utc>>, Error> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        parse_micros(value).map(Some)
     }
-    f.push(("fence", e.fence.to_string()));
-    if let Some(t) = e.retry_at {
-        f.push(("retry", micros(t)));
-    }
-    f
 }
 
 /// An execution with every time cut to the microsecond, as stored.
@@ -155,63 +189,54 @@ pub(crate) fn trunc_exec(mut e: Execution) -> Execution {
     e
 }
 
-/// An execution from a flat field/value list.
+/// An execution from its hash as a flat field/value list (HGETALL).
 pub(crate) fn exec_from_pairs(pairs: &[Vec<u8>]) -> Result<Execution, Error> {
-    let mut id = None;
-    let mut task_id = None;
-    let mut tenant = None;
-    let mut scheduled_for = None;
-    let mut started_at = None;
+    let mut c = None;
+    let mut status = None;
+    let mut fence = None;
+    let mut lease_until = None;
     let mut finished_at = None;
     let mut duration_ms = None;
-    let mut attempt = None;
-    let mut status = None;
     let mut error = None;
     let mut output = None;
-    let mut node = None;
-    let mut trigger = None;
-    let mut lease_until = None;
-    let mut fence = None;
     let mut retry_at = None;
     for pair in pairs.chunks(2) {
         let [name, value] = pair else {
             return Err(corrupt("odd execution field list"));
         };
         match name.as_slice() {
-            b"id" => id = Some(text(value)?.parse().map_err(|_| corrupt("bad id"))?),
-            b"task" => task_id = Some(text(value)?.parse().map_err(|_| corrupt("bad task"))?),
-            b"tn" => tenant = Some(text(value)?),
-            b"sf" => scheduled_for = Some(parse_micros(value)?),
-            b"sa" => started_at = Some(parse_micros(value)?),
-            b"fa" => finished_at = Some(parse_micros(value)?),
-            b"dur" => duration_ms = Some(number(value)?),
-            b"att" => attempt = Some(number(value)?),
+            b"c" => c = Some(value.as_slice()),
             b"st" => status = Some(parse_name(value)?),
-            b"err" => error = Some(text(value)?),
-            b"out" => output = Some(text(value)?),
-            b"node" => node = Some(text(value)?),
-            b"trig" => trigger = Some(parse_name(value)?),
-            b"lease" => lease_until = Some(parse_micros(value)?),
             b"fence" => fence = Some(number(value)?),
-            b"retry" => retry_at = Some(parse_micros(value)?),
+            b"lease" => lease_until = opt_micros(value)?,
+            b"fa" => finished_at = opt_micros(value)?,
+            b"dur" if !value.is_empty() => duration_ms = Some(number(value)?),
+            b"err" => error = parse_opt_text(value)?,
+            b"out" => output = parse_opt_text(value)?,
+            b"retry" => retry_at = opt_micros(value)?,
             _ => {}
         }
     }
     let missing = |what: &str| corrupt(format!("execution without {what}"));
+    let c = c.ok_or_else(|| missing("its encoding"))?;
+    let parts = decode_encoding(c)?;
+    let [id, task, tenant, sf, sa, attempt, node, trigger] = parts[..] else {
+        return Err(corrupt("execution encoding with the wrong number of parts"));
+    };
     Ok(Execution {
-        id: id.ok_or_else(|| missing("id"))?,
-        task_id: task_id.ok_or_else(|| missing("task"))?,
-        tenant: tenant.ok_or_else(|| missing("tenant"))?,
-        scheduled_for: scheduled_for.ok_or_else(|| missing("scheduled_for"))?,
-        started_at: started_at.ok_or_else(|| missing("started_at"))?,
+        id: text(id)?.parse().map_err(|_| corrupt("bad execution id"))?,
+        task_id: text(task)?.parse().map_err(|_| corrupt("bad task id"))?,
+        tenant: text(tenant)?,
+        scheduled_for: parse_micros(sf)?,
+        started_at: parse_micros(sa)?,
         finished_at,
         duration_ms,
-        attempt: attempt.ok_or_else(|| missing("attempt"))?,
+        attempt: number(attempt)?,
         status: status.ok_or_else(|| missing("status"))?,
         error,
         output,
-        node: node.ok_or_else(|| missing("node"))?,
-        trigger: trigger.ok_or_else(|| missing("trigger"))?,
+        node: text(node)?,
+        trigger: parse_name(trigger)?,
         lease_until,
         fence: fence.ok_or_else(|| missing("fence"))?,
         retry_at,
@@ -262,8 +287,13 @@ pub(crate) fn task_from_fields(f: &[Option<Vec<u8>>]) -> Result<Option<Task>, Er
     let Some(Some(d)) = f.first() else {
         return Ok(None);
     };
-    let mut task: Task =
-        serde_json::from_slice(d).map_err(|e| corrupt(format!("stored task: {e}")))?;
+    let task: Task = serde_json::from_slice(d).map_err(|e| corrupt(format!("stored task: {e}")))?;
+    overlay(task, f).map(Some)
+}
+
+/// `task` (a definition read earlier) with the bookkeeping of the
+/// [`TASK_FIELDS`] `f` (whose `d` is not looked at).
+pub(crate) fn overlay(mut task: Task, f: &[Option<Vec<u8>>]) -> Result<Task, Error> {
     let get = |i: usize| f.get(i).and_then(|v| v.as_deref());
     task.next_run = get(1).map(parse_micros).transpose()?;
     task.last_run = get(2).map(parse_micros).transpose()?;
@@ -276,7 +306,7 @@ pub(crate) fn task_from_fields(f: &[Option<Vec<u8>>]) -> Result<Option<Task>, Er
     if let Some(st) = get(5) {
         task.status = parse_name(st)?;
     }
-    Ok(Some(task))
+    Ok(task)
 }
 
 /// The bytes of a bulk or simple string reply; `None` for nil.
@@ -322,16 +352,16 @@ mod tests {
     fn execution_fields_round_trip() {
         let now: DateTime<Utc> = "2030-01-01T00:00:00.123456789Z".parse().unwrap();
         let mut task = NewTask::cron("n", "a", "* * * * *")
-            .validate("t{x}|\"", now)
+            .validate("t{x}|\"12:", now)
             .unwrap();
         // The model refuses NUL; the codec must still carry any byte.
-        task.tenant = "t\0{x}|\"".into();
+        task.tenant = "t\0{x}|\"12:".into();
         let mut e = Execution::start(
             &task,
             now,
             3,
             Trigger::Retry,
-            "node \u{1}",
+            "node \u{1}:5:",
             now,
             now + chrono::Duration::seconds(30),
         );
@@ -339,13 +369,32 @@ mod tests {
         e.error = Some(String::new());
         e.output = Some("a|b\0c".into());
         e.retry_at = Some(now);
+        e.finished_at = Some(now);
+        e.duration_ms = Some(7);
         let e = trunc_exec(e);
-        let flat: Vec<Vec<u8>> = exec_fields(&e)
+        let fields: Vec<(&str, String)> = vec![
+            ("c", exec_encoding(&e)),
+            ("st", name_of(&e.status)),
+            ("fence", e.fence.to_string()),
+            ("lease", e.lease_until.map(micros).unwrap_or_default()),
+            ("fa", e.finished_at.map(micros).unwrap_or_default()),
+            (
+                "dur",
+                e.duration_ms.map(|d| d.to_string()).unwrap_or_default(),
+            ),
+            ("err", opt_text(e.error.as_deref())),
+            ("out", opt_text(e.output.as_deref())),
+            ("retry", e.retry_at.map(micros).unwrap_or_default()),
+        ];
+        let flat: Vec<Vec<u8>> = fields
             .into_iter()
             .flat_map(|(k, v)| [k.as_bytes().to_vec(), v.into_bytes()])
             .collect();
         assert_eq!(exec_from_pairs(&flat).unwrap(), e);
         assert_eq!(e.started_at.timestamp_subsec_nanos(), 123_456_000);
+        let mut none = flat.clone();
+        none[13] = Vec::new();
+        assert_eq!(exec_from_pairs(&none).unwrap().error, None);
     }
 
     #[test]

@@ -27,10 +27,9 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `B:t:<task>` | hash | the task: its definition as JSON (`d`) and the fields scripts use (next run, last run, version, enabled, status, overlap, retry policy, tenant, a revision counter, the queued occurrence) |
-//! | `B:r:<task>` | set | ids of the task's running executions |
+//! | `B:t:<task>` | hash | the task: its definition as JSON (`d`) and the fields scripts use (next run, last run, version, enabled, status, overlap, retry policy, tenant, a revision counter, its running executions, the queued occurrence) |
 //! | `B:h:<task>` | sorted set | the task's executions: score `scheduled_for`, member `<attempt, 10 digits>:<execution id>` (newest first = reverse order) |
-//! | `B:x:<execution>` | hash | one execution, a field per attribute |
+//! | `B:x:<execution>` | hash | one execution: its immutable part as one field, the mutable ones (status, fence, lease, finish, error, output, retry) as fields |
 //! | `B:due` | sorted set | enabled tasks by next run (the due index) |
 //! | `B:leases` | sorted set | running executions by lease end |
 //! | `B:retry` | sorted set | failed attempts by the time their retry is due |
@@ -63,7 +62,18 @@
 //!   `id` / `(next_run, id)` order.
 //! - Renew and finish find an execution's partition from a map of the
 //!   executions this store started; one started through another store
-//!   instance is looked for in every partition.
+//!   instance is looked for in every partition. Results are sent in
+//!   batches: those recorded while a batch is on the wire go in the next.
+//! - A lost claim answers with the task as it is now; the definition part
+//!   is left out of the reply when this store already holds it at that
+//!   version (definitions are immutable per version), which saves the
+//!   server and the client most of the cost of the claims that lose
+//!   (every scheduler claims every occurrence; all but one lose).
+//! - Cron tasks with `overlap: allow` (the default) are not told when their
+//!   runs end: nothing about them depends on what runs. Other overlap
+//!   policies and one-time tasks keep a list of their running executions;
+//!   an update that switches a task to such a policy lists the runs in
+//!   flight first.
 //! - The change feed is pub/sub: create, update and delete publish from
 //!   inside their script. A dedicated connection receives; after it is
 //!   lost it resubscribes and emits [`Change::Resync`](tickwheel::store::Change::Resync)

@@ -1,21 +1,32 @@
 //! The Lua scripts: every write the store makes is one of these, run
 //! atomically by Redis (EVALSHA, loaded on first use).
 //!
-//! Calling convention: `KEYS[1]` is a key of the partition the script works
-//! on (it routes the call in a cluster; every key a script touches carries
-//! the same hash tag), `ARGV[1]` is the partition's key base `{prefix:pK}`
-//! and `ARGV[2]` the retention. Times are decimal microseconds since the
-//! Unix epoch, exact as Lua numbers (doubles) until the year 2255; they are
-//! written back with `%.0f`, never with `tostring`. Strings coming from the
-//! client (names, errors, output) are only ever stored and returned, never
-//! interpreted, so any bytes are fine.
+//! Calling convention: `KEYS[1]` is a key of the partition the call is
+//! routed to (in a cluster every key a call touches carries that
+//! partition's hash tag), `ARGV[1]` the partition's key base `{prefix:pK}`
+//! and `ARGV[2]` the retention. The claim and finish scripts take a base
+//! per item: on a single server one call spans partitions, in a cluster the
+//! store only batches items of one partition. Times are decimal
+//! microseconds since the Unix epoch, exact as Lua numbers (doubles) until
+//! the year 2255; they are written back with `%.0f`, never with
+//! `tostring`. Strings coming from the client (names, errors, output) are
+//! only ever stored and returned, never interpreted, so any bytes are fine.
 //!
 //! Layout under the base `B` (see the crate docs): `B:t:<task>` task hash,
-//! `B:r:<task>` set of its running executions, `B:h:<task>` its history
-//! (score `scheduled_for`, member `<attempt, 10 digits>:<execution id>`),
-//! `B:x:<execution>` execution hash, `B:due` / `B:leases` / `B:retry` the
-//! partition's due, lease and retry indexes, `B:tn:<tenant>` the tenant's
-//! tasks in this partition (score 0, member the id, so lexical = id order).
+//! `B:h:<task>` its history (score `scheduled_for`, member `<attempt, 10
+//! digits>:<execution id>`), `B:x:<execution>` execution hash, `B:due` /
+//! `B:leases` / `B:retry` the partition's due, lease and retry indexes,
+//! `B:tn:<tenant>` the tenant's tasks in this partition (score 0, member
+//! the id, so lexical = id order).
+//!
+//! An execution hash holds `c`, the immutable part as the client encoded
+//! it (scripts only copy it), copies of the few immutable fields scripts
+//! read (`task`, `sa`, `att`, `trig`), and the mutable ones (`st`, `fence`,
+//! `lease`, `fa`, `dur`, `err`, `out`, `retry`); an empty value is "none",
+//! and `err` / `out` are stored as `=` and the text, so an empty text is
+//! not "none". The task hash's `run` field lists its running executions
+//! (comma-separated ids), `q` its queued occurrence (`sf|attempt|trigger`,
+//! empty for none).
 
 use std::sync::LazyLock;
 
@@ -25,40 +36,52 @@ use redis::Script;
 const PRELUDE: &str = r#"
 local RETENTION = tonumber(ARGV[2])
 -- The partition's key base and index keys; batch scripts switch partitions
--- per item with use_base (on a single server a batch may span them).
+-- per item with use_base.
 local B, DUE, LEASES, RETRY
 local function use_base(base)
+  if base == B then return end
   B = base
   DUE, LEASES, RETRY = base .. ':due', base .. ':leases', base .. ':retry'
 end
 use_base(ARGV[1])
 local function tkey(tid) return B .. ':t:' .. tid end
-local function rkey(tid) return B .. ':r:' .. tid end
 local function hkey(tid) return B .. ':h:' .. tid end
 local function xkey(eid) return B .. ':x:' .. eid end
 local function fmt(n) return string.format('%.0f', n) end
 local TASK_FIELDS = {'d', 'nr', 'lr', 'v', 'en', 'st'}
 
--- The value of `name` in a flat field/value list.
-local function field(f, name)
-  for i = 1, #f, 2 do
-    if f[i] == name then return f[i + 1] end
+local function none(v) return (not v) or v == '' end
+
+-- A field of the client's immutable encoding: its length, ':', the bytes.
+local function lp(s) return #s .. ':' .. s end
+
+-- The running ids list with `eid` added / removed.
+local function run_add(run, eid)
+  if none(run) then return eid end
+  return run .. ',' .. eid
+end
+local function run_remove(run, eid)
+  if none(run) then return '' end
+  local kept = {}
+  for id in string.gmatch(run, '[^,]+') do
+    if id ~= eid then kept[#kept + 1] = id end
   end
-  return nil
+  return table.concat(kept, ',')
+end
+
+-- Whether a task's runs are tracked in its `run` list and their ends
+-- update the task: only when its overlap policy looks at what runs, or it
+-- is a one-time task (settled by its run). Runs of a cron task with
+-- `overlap: allow` (the default) leave the task alone when they end.
+local function needs_bookkeeping(ov, cr)
+  return ov ~= 'allow' or cr ~= '1'
 end
 
 local function attempt_prefix(att)
   return string.format('%010d', tonumber(att)) .. ':'
 end
 
--- The task as the client reads it: TASK_FIELDS, or nothing if deleted.
-local function task_reply(tid)
-  local t = tkey(tid)
-  if redis.call('EXISTS', t) == 0 then return {} end
-  return redis.call('HMGET', t, unpack(TASK_FIELDS))
-end
-
--- An execution as a flat field/value list (HGETALL).
+-- An execution as a flat field/value list (HGETALL plus its id).
 local function exec_reply(eid)
   local f = redis.call('HGETALL', xkey(eid))
   f[#f + 1] = 'id'
@@ -81,7 +104,7 @@ local function trim(tid)
     for _, m in ipairs(chunk) do
       local eid = string.sub(m, 12)
       local st, retry = unpack(redis.call('HMGET', xkey(eid), 'st', 'retry'))
-      if st ~= 'running' and not retry then
+      if st ~= 'running' and none(retry) then
         doomed[#doomed + 1] = m
         if #doomed >= excess then break end
       end
@@ -95,86 +118,71 @@ local function trim(tid)
   end
 end
 
--- Inserts a new execution (flat field list with at least id, sf, att, st);
--- false if (scheduled_for, attempt) is taken.
-local function insert_exec(tid, f)
-  local eid, sf, att = field(f, 'id'), field(f, 'sf'), field(f, 'att')
-  local prefix = attempt_prefix(att)
+-- Inserts a new execution `e` (a table: id, sf, att, sa, trig, st, fence,
+-- c, and optionally lease, fa, dur, err, tb); false if (scheduled_for,
+-- attempt) is taken. `tb` = '1' marks a run whose end updates its task (see
+-- needs_bookkeeping).
+local function insert_exec(tid, e)
+  local prefix = attempt_prefix(e.att)
   local h = hkey(tid)
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', h, sf, sf)) do
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', h, e.sf, e.sf)) do
     if string.sub(m, 1, 11) == prefix then return false end
   end
-  local x = xkey(eid)
-  local values = {}
-  for i = 1, #f, 2 do
-    if f[i] ~= 'id' then
-      values[#values + 1] = f[i]
-      values[#values + 1] = f[i + 1]
-    end
-  end
-  redis.call('HSET', x, unpack(values))
-  redis.call('ZADD', h, sf, prefix .. eid)
-  if field(f, 'st') == 'running' then
-    redis.call('SADD', rkey(tid), eid)
-    local lease = field(f, 'lease')
-    if lease then redis.call('ZADD', LEASES, lease, eid) end
+  redis.call('HSET', xkey(e.id), 'c', e.c, 'task', tid, 'sa', e.sa, 'att', e.att,
+    'trig', e.trig, 'st', e.st, 'fence', e.fence, 'lease', e.lease or '', 'fa', e.fa or '',
+    'dur', e.dur or '', 'err', e.err or '', 'tb', e.tb or '0')
+  redis.call('ZADD', h, e.sf, prefix .. e.id)
+  if e.st == 'running' and not none(e.lease) then
+    redis.call('ZADD', LEASES, e.lease, e.id)
   end
   trim(tid)
   return true
 end
 
--- Ends a running execution: status, fence bump, lease dropped; `extra`
--- (field/value list) is written with it, `drop` (fields) removed.
-local function end_running(tid, eid, status, fa, err, extra, drop)
-  local x = xkey(eid)
-  local sa, fence = unpack(redis.call('HMGET', x, 'sa', 'fence'))
-  redis.call('ZREM', LEASES, eid)
+-- Ends a running execution (its task's `run` list is the caller's to
+-- update): status, fence bump, lease dropped, the error (encoded: '' none,
+-- else '=' and the text) and the field/value list `extra` written.
+local function end_running(eid, sa, fence, status, fa, err, extra)
   local dur = tonumber(fa) - tonumber(sa)
   if dur < 0 then dur = 0 end
-  local set = {'st', status, 'fence', fmt(tonumber(fence) + 1), 'fa', fa,
-    'dur', fmt(math.floor(dur / 1000))}
-  local del = {'lease'}
-  if err then
-    set[#set + 1] = 'err'
-    set[#set + 1] = err
-  else
-    del[#del + 1] = 'err'
-  end
-  for _, v in ipairs(extra or {}) do set[#set + 1] = v end
-  for _, v in ipairs(drop or {}) do del[#del + 1] = v end
-  redis.call('HSET', x, unpack(set))
-  redis.call('HDEL', x, unpack(del))
-  redis.call('SREM', rkey(tid), eid)
+  redis.call('ZREM', LEASES, eid)
+  redis.call('HSET', xkey(eid), 'st', status, 'fence', fmt(tonumber(fence) + 1), 'fa', fa,
+    'dur', fmt(math.floor(dur / 1000)), 'lease', '', 'err', err, unpack(extra or {}))
 end
 
--- A one-time task whose scheduled run ended without a retry is done.
-local function settle_one_time(tid, trig, status, retry)
-  if trig == 'manual' or retry then return end
+-- After a running execution of a task ended: drop it from the task's
+-- running list, settle a one-time task (`completed`, or `failed` when no
+-- retry follows), and start the queued occurrence if nothing else runs.
+-- Returns the id of the execution started, or nil.
+local function after_end(tid, eid, trig, status, retry, node, now, lease, new_id)
   local t = tkey(tid)
-  local cr = redis.call('HGET', t, 'cr')
-  if cr ~= '0' then return end
-  if status == 'succeeded' then
-    redis.call('HSET', t, 'st', 'completed')
-  else
-    redis.call('HSET', t, 'st', 'failed')
+  local run, cr, q, tn, rv = unpack(redis.call('HMGET', t, 'run', 'cr', 'q', 'tn', 'rv'))
+  if not tn then return nil end
+  run = run_remove(run, eid)
+  local set = {}
+  if trig ~= 'manual' and none(retry) and cr == '0' then
+    set[#set + 1] = 'st'
+    set[#set + 1] = status == 'succeeded' and 'completed' or 'failed'
+    set[#set + 1] = 'rv'
+    set[#set + 1] = fmt(tonumber(rv) + 1)
   end
-  redis.call('HINCRBY', t, 'rv', 1)
-end
-
--- Starts the queued occurrence of a task if nothing else of it runs.
-local function start_queued(tid, node, now, lease, new_id)
-  local t = tkey(tid)
-  local q = redis.call('HGET', t, 'q')
-  if not q then return nil end
-  if redis.call('SCARD', rkey(tid)) > 0 then return nil end
-  redis.call('HDEL', t, 'q')
-  local sf, att, trig = string.match(q, '^([^|]+)|([^|]+)|([^|]+)$')
-  local f = {'id', new_id, 'task', tid, 'tn', redis.call('HGET', t, 'tn'), 'sf', sf,
-    'sa', now, 'att', att, 'st', 'running', 'node', node, 'trig', trig, 'lease', lease,
-    'fence', '1'}
-  redis.call('HSET', t, 'lr', now)
-  if insert_exec(tid, f) then return f end
-  return nil
+  local started = nil
+  if not none(q) and run == '' then
+    local sf, att, qtrig = string.match(q, '^([^|]+)|([^|]+)|([^|]+)$')
+    set[#set + 1] = 'q'
+    set[#set + 1] = ''
+    set[#set + 1] = 'lr'
+    set[#set + 1] = now
+    local e = {id = new_id, sf = sf, att = att, sa = now, trig = qtrig, st = 'running',
+      fence = '1', lease = lease, tb = '1',
+      c = lp(new_id) .. lp(tid) .. lp(tn) .. lp(sf) .. lp(now) .. lp(att) .. lp(node) .. lp(qtrig)}
+    if insert_exec(tid, e) then
+      run = new_id
+      started = new_id
+    end
+  end
+  redis.call('HSET', t, 'run', run, unpack(set))
+  return started
 end
 
 -- Delay in ms before retry number `retry`: doubled per earlier retry,
@@ -258,9 +266,22 @@ local tid, tn, seen, d, nr, v, en, st, ov, mr, bo, cr, channel, msg =
   ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11],
   ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16]
 local t = tkey(tid)
-local owner, rv = unpack(redis.call('HMGET', t, 'tn', 'rv'))
+local owner, rv, old_ov, old_cr = unpack(redis.call('HMGET', t, 'tn', 'rv', 'ov', 'cr'))
 if owner ~= tn then return 'notfound' end
 if rv ~= seen then return 'retry' end
+if needs_bookkeeping(ov, cr) and not needs_bookkeeping(old_ov, old_cr) then
+  -- Runs started while the task needed no bookkeeping are not listed:
+  -- list them now, and have their ends update the task.
+  local running = {}
+  for _, m in ipairs(redis.call('ZRANGE', hkey(tid), 0, -1)) do
+    local eid = string.sub(m, 12)
+    if redis.call('HGET', xkey(eid), 'st') == 'running' then
+      redis.call('HSET', xkey(eid), 'tb', '1')
+      running[#running + 1] = eid
+    end
+  end
+  redis.call('HSET', t, 'run', table.concat(running, ','))
+end
 redis.call('HSET', t, 'd', d, 'v', v, 'en', en, 'st', st, 'ov', ov, 'mr', mr, 'bo', bo,
   'cr', cr)
 redis.call('HINCRBY', t, 'rv', 1)
@@ -273,325 +294,6 @@ else
 end
 redis.call('PUBLISH', channel, msg)
 return 'ok'
-"#;
-
-/// Deletes a task and its executions. ARGV[3..]: id, tenant, channel,
-/// message. Returns `ok` or `notfound`.
-const DELETE: &str = r#"
-local tid, tn, channel, msg = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local t = tkey(tid)
-if redis.call('HGET', t, 'tn') ~= tn then return 'notfound' end
-local h = hkey(tid)
-for _, m in ipairs(redis.call('ZRANGE', h, 0, -1)) do
-  local eid = string.sub(m, 12)
-  redis.call('DEL', xkey(eid))
-  redis.call('ZREM', LEASES, eid)
-  redis.call('ZREM', RETRY, eid)
-end
-redis.call('DEL', h, rkey(tid), t)
-redis.call('ZREM', DUE, tid)
-redis.call('ZREM', B .. ':tn:' .. tn, tid)
-redis.call('PUBLISH', channel, msg)
-return 'ok'
-"#;
-
-/// Claims, each applied atomically and independently. ARGV[3] = `1` if
-/// this call is a re-send of one whose reply was lost, ARGV[4] = number of
-/// claims, then per claim: partition base, task id, kind (`S`cheduled,
-/// `R`etry, `M`anual), for S: expected next_run, expected version, new
-/// next_run ("" none); for R: the failed execution id; then the number of
-/// missed records and each as (field count, fields...); then the execution
-/// as (field count, fields...), count 0 for none.
-///
-/// Returns one reply per claim: `{'S'}` started, `{'K', fields}` skipped,
-/// `{'Q'}` queued, `{'R', replaced ids...}` replaced, `{'A'}` advanced,
-/// `{'L', task fields...}` lost (`{'L'}` if the task is gone).
-///
-/// In a re-send, a claim whose execution id is already stored was applied
-/// by the first send (its reply was lost with the connection): it is
-/// answered as then, not applied twice. Outside a re-send the same claim
-/// made twice loses the second time, like any stale claim.
-const CLAIM: &str = r#"
-local RESEND = ARGV[3] == '1'
-local i = 5
-local function nxt()
-  local v = ARGV[i]
-  i = i + 1
-  return v
-end
-local function read_fields()
-  local n = tonumber(nxt())
-  local f = {}
-  for k = 1, n do f[k] = nxt() end
-  return f
-end
-
--- {'L', task fields} from an HMGET of d, nr, lr, v, en, st (d nil: gone).
-local function lost_reply(d, nr, lr, v, en, st)
-  if not d then return {'L'} end
-  return {'L', d, nr, lr, v, en, st}
-end
-
-local function lost(tid)
-  local t = tkey(tid)
-  return lost_reply(unpack(redis.call('HMGET', t, unpack(TASK_FIELDS))))
-end
-
--- The reply of a claim applied before (same execution id), or nil.
-local function replay(tid, exec)
-  if not RESEND or not exec then return nil end
-  local eid = field(exec, 'id')
-  local owner, st = unpack(redis.call('HMGET', xkey(eid), 'task', 'st'))
-  if owner ~= tid then return nil end
-  if st == 'running' then return {'S'} end
-  if st == 'skipped' then
-    local out = {'K'}
-    for _, v in ipairs(exec_reply(eid)) do out[#out + 1] = v end
-    return out
-  end
-  return nil
-end
-
-local SKIPPED_WHY = 'the previous run was still running'
-
-local function skipped(exec, now)
-  local s = {}
-  for k = 1, #exec, 2 do
-    local name = exec[k]
-    if name ~= 'st' and name ~= 'lease' and name ~= 'fa' and name ~= 'dur' and name ~= 'err' then
-      s[#s + 1] = name
-      s[#s + 1] = exec[k + 1]
-    end
-  end
-  for _, v in ipairs({'st', 'skipped', 'fa', now, 'dur', '0', 'err', SKIPPED_WHY}) do
-    s[#s + 1] = v
-  end
-  return s
-end
-
--- Starts `exec`, or applies the task's overlap policy if a run of it is
--- still running. `set` holds task fields to write with a started run.
-local function start_or_overlap(tid, exec, set)
-  local t = tkey(tid)
-  local now = field(exec, 'sa')
-  local replaced = {}
-  if redis.call('SCARD', rkey(tid)) > 0 then
-    local ov, q = unpack(redis.call('HMGET', t, 'ov', 'q'))
-    if ov == 'queue_one' and not q then
-      redis.call('HSET', t, 'q',
-        field(exec, 'sf') .. '|' .. field(exec, 'att') .. '|' .. field(exec, 'trig'))
-      return {'Q'}
-    elseif ov == 'skip' or ov == 'queue_one' then
-      local s = skipped(exec, now)
-      if insert_exec(tid, s) then
-        local out = {'K'}
-        for _, v in ipairs(s) do out[#out + 1] = v end
-        return out
-      end
-      return lost(tid)
-    elseif ov == 'replace' then
-      local why = 'replaced by the run for ' .. rfc3339(field(exec, 'sf'))
-      local running = redis.call('SMEMBERS', rkey(tid))
-      table.sort(running)
-      for _, rid in ipairs(running) do
-        end_running(tid, rid, 'abandoned', now, why)
-        replaced[#replaced + 1] = rid
-      end
-    end
-  end
-  if not insert_exec(tid, exec) then return lost(tid) end
-  set[#set + 1] = 'lr'
-  set[#set + 1] = now
-  redis.call('HSET', t, unpack(set))
-  if #replaced == 0 then return {'S'} end
-  local out = {'R'}
-  for _, rid in ipairs(replaced) do out[#out + 1] = rid end
-  return out
-end
-
-local function claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, exec)
-  local t = tkey(tid)
-  -- Task fields written with a started run (next_run, for a scheduled one).
-  local set = {}
-  if kind == 'S' then
-    local d, nr, lr, v, en, st = unpack(redis.call('HMGET', t, unpack(TASK_FIELDS)))
-    if en ~= '1' or nr ~= exp_nr or v ~= exp_v then
-      return replay(tid, exec) or lost_reply(d, nr, lr, v, en, st)
-    end
-    if new_nr ~= '' then
-      redis.call('ZADD', DUE, new_nr, tid)
-      set = {'nr', new_nr}
-    else
-      redis.call('ZREM', DUE, tid)
-      redis.call('HDEL', t, 'nr')
-    end
-    redis.call('HINCRBY', t, 'rv', 1)
-    if #missed > 0 then
-      local tn = redis.call('HGET', t, 'tn')
-      for _, m in ipairs(missed) do
-        m[#m + 1] = 'tn'
-        m[#m + 1] = tn
-        insert_exec(tid, m)
-      end
-    end
-    if not exec then
-      if #set > 0 then redis.call('HSET', t, unpack(set)) end
-      return {'A'}
-    end
-  else
-    if redis.call('EXISTS', t) == 0 then return {'L'} end
-    if kind == 'R' then
-      local x = xkey(failed)
-      local owner, retry = unpack(redis.call('HMGET', x, 'task', 'retry'))
-      if owner ~= tid or not retry then
-        return replay(tid, exec) or lost(tid)
-      end
-      redis.call('ZREM', RETRY, failed)
-      redis.call('HDEL', x, 'retry')
-    else
-      local r = replay(tid, exec)
-      if r then return r end
-    end
-    if not exec then return {'A'} end
-  end
-  local out = start_or_overlap(tid, exec, set)
-  if out[1] ~= 'S' and out[1] ~= 'R' and #set > 0 then
-    redis.call('HSET', t, unpack(set))
-  end
-  return out
-end
-
-local n = tonumber(ARGV[4])
-local out = {}
-for c = 1, n do
-  use_base(nxt())
-  local tid, kind = nxt(), nxt()
-  local exp_nr, exp_v, new_nr, failed
-  if kind == 'S' then
-    exp_nr, exp_v, new_nr = nxt(), nxt(), nxt()
-  elseif kind == 'R' then
-    failed = nxt()
-  end
-  local missed = {}
-  for m = 1, tonumber(nxt()) do missed[m] = read_fields() end
-  local exec = read_fields()
-  if #exec == 0 then exec = nil end
-  out[c] = claim_one(tid, kind, exp_nr, exp_v, new_nr, failed, missed, exec)
-end
-return out
-"#;
-
-/// Extends a lease. ARGV[3..]: execution id, fence, until. Returns `ok`,
-/// `gone` (no such execution here) or `taken` (fence moved on or it ended).
-const RENEW: &str = r#"
-local eid, fence, untl = ARGV[3], ARGV[4], ARGV[5]
-local x = xkey(eid)
-local st, f = unpack(redis.call('HMGET', x, 'st', 'fence'))
-if not st then return 'gone' end
-if st ~= 'running' or f ~= fence then return 'taken' end
-redis.call('HSET', x, 'lease', untl)
-redis.call('ZADD', LEASES, untl, eid)
-return 'ok'
-"#;
-
-/// Records results, each atomically and independently. ARGV[3] = number
-/// of results, then per result: partition base, execution id, fence,
-/// status, finished_at, has_error, error, has_output, output, retry_at (""
-/// none), node, lease_until, id for a queued occurrence started here.
-/// Returns one reply per result: `{'OK'}`, `{'OK', started execution
-/// fields}`, `{'C', 'gone'}`, `{'C', 'taken'}` or `{'I'}` (status
-/// `running`). The same result sent twice (a reply lost with the
-/// connection) is `{'OK'}` the second time.
-const FINISH: &str = r#"
-local function finish_one(eid, fence, status, fa, has_err, err, has_out, output, retry, node,
-    lease, new_id)
-  local x = xkey(eid)
-  local st, xf, tid, trig, xfa =
-    unpack(redis.call('HMGET', x, 'st', 'fence', 'task', 'trig', 'fa'))
-  if not st then return {'C', 'gone'} end
-  if st ~= 'running' or xf ~= fence then
-    if st == status and tonumber(xf) == tonumber(fence) + 1 and xfa == fa then
-      return {'OK'}
-    end
-    return {'C', 'taken'}
-  end
-  if status == 'running' then return {'I'} end
-  local e = nil
-  if has_err == '1' then e = err end
-  local extra, drop = {}, {}
-  if has_out == '1' then
-    extra = {'out', output}
-  else
-    drop = {'out'}
-  end
-  local awaiting = nil
-  if retry ~= '' and status ~= 'succeeded' then
-    extra[#extra + 1] = 'retry'
-    extra[#extra + 1] = retry
-    redis.call('ZADD', RETRY, retry, eid)
-    awaiting = retry
-  end
-  end_running(tid, eid, status, fa, e, extra, drop)
-  settle_one_time(tid, trig, status, awaiting)
-  local started = start_queued(tid, node, fa, lease, new_id)
-  trim(tid)
-  local out = {'OK'}
-  if started then
-    for _, v in ipairs(started) do out[#out + 1] = v end
-  end
-  return out
-end
-
-local out = {}
-local i = 4
-for c = 1, tonumber(ARGV[3]) do
-  use_base(ARGV[i])
-  out[c] = finish_one(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
-    ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11],
-    ARGV[i + 12])
-  i = i + 13
-end
-return out
-"#;
-
-/// Takes over expired leases. ARGV[3..]: now, node, lease_until, then ids
-/// for queued occurrences started here (their number is the limit).
-/// Returns a list of `{'A', fields}` (abandoned) and `{'S', fields}`
-/// (started) replies.
-const RECOVER: &str = r#"
-local now, node, lease = ARGV[3], ARGV[4], ARGV[5]
-local limit = #ARGV - 5
-local out = {}
-if limit <= 0 then return out end
-local WHY = 'lease expired: its scheduler stopped renewing it'
-local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', '(' .. now, 'LIMIT', 0, limit)
-for j, eid in ipairs(expired) do
-  local x = xkey(eid)
-  local tid, st, att, trig = unpack(redis.call('HMGET', x, 'task', 'st', 'att', 'trig'))
-  if st ~= 'running' then
-    redis.call('ZREM', LEASES, eid)
-  else
-    end_running(tid, eid, 'abandoned', now, WHY)
-    local mr, bo = unpack(redis.call('HMGET', tkey(tid), 'mr', 'bo'))
-    local retry = nil
-    if mr and tonumber(att) <= tonumber(mr) then
-      retry = fmt(tonumber(now) + backoff_ms(bo, att) * 1000)
-      redis.call('HSET', x, 'retry', retry)
-      redis.call('ZADD', RETRY, retry, eid)
-    end
-    settle_one_time(tid, trig, 'abandoned', retry)
-    local started = start_queued(tid, node, now, lease, ARGV[5 + j])
-    local a = {'A'}
-    for _, v in ipairs(exec_reply(eid)) do a[#a + 1] = v end
-    out[#out + 1] = a
-    if started then
-      local s = {'S'}
-      for _, v in ipairs(started) do s[#s + 1] = v end
-      out[#out + 1] = s
-    end
-  end
-end
-return out
 "#;
 
 /// One page of the due index after a `(next_run, id)` key. ARGV[3..]:
@@ -613,6 +315,337 @@ end
 local stop = math.min(start + limit, redis.call('ZCOUNT', DUE, '-inf', horizon)) - 1
 if stop < start then return {} end
 return redis.call('ZRANGE', DUE, start, stop, 'WITHSCORES')
+"#;
+/// Deletes a task and its executions. ARGV[3..]: id, tenant, channel,
+/// message. Returns `ok` or `notfound`.
+const DELETE: &str = r#"
+local tid, tn, channel, msg = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local t = tkey(tid)
+if redis.call('HGET', t, 'tn') ~= tn then return 'notfound' end
+local h = hkey(tid)
+for _, m in ipairs(redis.call('ZRANGE', h, 0, -1)) do
+  local eid = string.sub(m, 12)
+  redis.call('DEL', xkey(eid))
+  redis.call('ZREM', LEASES, eid)
+  redis.call('ZREM', RETRY, eid)
+end
+redis.call('DEL', h, t)
+redis.call('ZREM', DUE, tid)
+redis.call('ZREM', B .. ':tn:' .. tn, tid)
+redis.call('PUBLISH', channel, msg)
+return 'ok'
+"#;
+
+/// Claims, each applied atomically and independently. ARGV[3] = `1` if
+/// this call is a re-send of one whose reply was lost, ARGV[4] = number of
+/// claims, then per claim: partition base, task id, kind (`S`cheduled,
+/// `R`etry, `M`anual), for S: expected next_run, expected version, new
+/// next_run ("" none), the version of the definition the client has (""
+/// none; a lost claim's reply leaves out a definition the client has, as
+/// an empty `d`); for R: the failed execution id; then the number of
+/// missed records, and if any the claim's time and node and each as (id,
+/// scheduled_for); then `0` (no execution) or `1` and the
+/// execution's id, scheduled_for, attempt, started_at, trigger, status,
+/// fence, lease_until and encoding.
+///
+/// Returns one reply per claim: `{'S'}` started, `{'K', fields}` skipped,
+/// `{'Q'}` queued, `{'R', replaced ids...}` replaced, `{'A'}` advanced,
+/// `{'L', task fields...}` lost (`{'L'}` if the task is gone).
+///
+/// In a re-send, a claim whose execution id is already stored was applied
+/// by the first send (its reply was lost with the connection): it is
+/// answered as then, not applied twice. Outside a re-send the same claim
+/// made twice loses the second time, like any stale claim.
+const CLAIM: &str = r#"
+local RESEND = ARGV[3] == '1'
+local i = 5
+local function nxt()
+  local v = ARGV[i]
+  i = i + 1
+  return v
+end
+
+local function lost_reply(d, nr, lr, v, en, st)
+  if not d then return {'L'} end
+  return {'L', d, nr, lr, v, en, st}
+end
+
+local function lost(tid)
+  return lost_reply(unpack(redis.call('HMGET', tkey(tid), unpack(TASK_FIELDS))))
+end
+
+-- The reply of a claim applied before (same execution id, its arguments
+-- at ARGV[exec_at]), or nil.
+local function replay(tid, exec_at)
+  if not RESEND or not exec_at then return nil end
+  local eid = ARGV[exec_at]
+  local owner, st = unpack(redis.call('HMGET', xkey(eid), 'task', 'st'))
+  if owner ~= tid then return nil end
+  if st == 'running' then return {'S'} end
+  if st == 'skipped' then
+    local out = {'K'}
+    for _, v in ipairs(exec_reply(eid)) do out[#out + 1] = v end
+    return out
+  end
+  return nil
+end
+
+local SKIPPED_WHY = '=the previous run was still running'
+
+-- Starts `exec`, or applies the task's overlap policy if a run of it is
+-- still running. `set` holds task fields to write in any case.
+local function start_or_overlap(tid, exec, set, run, ov, q)
+  local t = tkey(tid)
+  local now = exec.sa
+  local replaced = {}
+  if not none(run) then
+    if ov == 'queue_one' and none(q) then
+      set[#set + 1] = 'q'
+      set[#set + 1] = exec.sf .. '|' .. exec.att .. '|' .. exec.trig
+      redis.call('HSET', t, unpack(set))
+      return {'Q'}
+    elseif ov == 'skip' or ov == 'queue_one' then
+      if #set > 0 then redis.call('HSET', t, unpack(set)) end
+      exec.st, exec.lease, exec.fa, exec.dur, exec.err = 'skipped', '', now, '0', SKIPPED_WHY
+      if insert_exec(tid, exec) then
+        local out = {'K'}
+        for _, v in ipairs(exec_reply(exec.id)) do out[#out + 1] = v end
+        return out
+      end
+      return lost(tid)
+    elseif ov == 'replace' then
+      local why = 'replaced by the run for ' .. rfc3339(exec.sf)
+      for rid in string.gmatch(run, '[^,]+') do
+        local sa, fence = unpack(redis.call('HMGET', xkey(rid), 'sa', 'fence'))
+        if sa then
+          end_running(rid, sa, fence, 'abandoned', now, '=' .. why)
+          replaced[#replaced + 1] = rid
+        end
+      end
+      table.sort(replaced)
+      run = ''
+    end
+  end
+  if not insert_exec(tid, exec) then
+    if #replaced > 0 then
+      set[#set + 1] = 'run'
+      set[#set + 1] = ''
+    end
+    if #set > 0 then redis.call('HSET', t, unpack(set)) end
+    return lost(tid)
+  end
+  if exec.tb == '1' then
+    set[#set + 1] = 'run'
+    set[#set + 1] = run_add(run, exec.id)
+  elseif #replaced > 0 then
+    set[#set + 1] = 'run'
+    set[#set + 1] = ''
+  end
+  redis.call('HSET', t, 'lr', now, unpack(set))
+  if #replaced == 0 then return {'S'} end
+  local out = {'R'}
+  for _, rid in ipairs(replaced) do out[#out + 1] = rid end
+  return out
+end
+
+-- The execution whose arguments start at ARGV[at].
+local function read_exec(at)
+  return {id = ARGV[at], sf = ARGV[at + 1], att = ARGV[at + 2], sa = ARGV[at + 3],
+    trig = ARGV[at + 4], st = ARGV[at + 5], fence = ARGV[at + 6], lease = ARGV[at + 7],
+    c = ARGV[at + 8]}
+end
+
+local function claim_one(tid, kind, exp_nr, exp_v, new_nr, kv, failed, missed, now, node,
+    exec_at)
+  local t = tkey(tid)
+  local exec = nil
+  local set = {}
+  local run, ov, q, cr
+  if kind == 'S' then
+    local d, nr, lr, v, en, st, rv, tn
+    d, nr, lr, v, en, st, rv, tn, run, ov, q, cr = unpack(redis.call('HMGET', t, 'd', 'nr',
+      'lr', 'v', 'en', 'st', 'rv', 'tn', 'run', 'ov', 'q', 'cr'))
+    if en ~= '1' or nr ~= exp_nr or v ~= exp_v then
+      -- The claimer's store has the definition at version `kv`: no need to
+      -- send it again.
+      if d and v == kv then d = '' end
+      return replay(tid, exec_at) or lost_reply(d, nr, lr, v, en, st)
+    end
+    if new_nr ~= '' then
+      redis.call('ZADD', DUE, new_nr, tid)
+      set = {'nr', new_nr, 'rv', fmt(tonumber(rv) + 1)}
+    else
+      redis.call('ZREM', DUE, tid)
+      redis.call('HDEL', t, 'nr')
+      set = {'rv', fmt(tonumber(rv) + 1)}
+    end
+    for _, m in ipairs(missed) do
+      local c = lp(m[1]) .. lp(tid) .. lp(tn) .. lp(m[2]) .. lp(now) .. lp('1') .. lp(node)
+        .. lp('schedule')
+      insert_exec(tid, {id = m[1], sf = m[2], c = c, att = '1', sa = now,
+        trig = 'schedule', st = 'missed', fence = '1', fa = now, dur = '0'})
+    end
+    if not exec_at then
+      redis.call('HSET', t, unpack(set))
+      return {'A'}
+    end
+  else
+    local tn
+    tn, run, ov, q, cr = unpack(redis.call('HMGET', t, 'tn', 'run', 'ov', 'q', 'cr'))
+    if not tn then return {'L'} end
+    if kind == 'R' then
+      local x = xkey(failed)
+      local owner, retry = unpack(redis.call('HMGET', x, 'task', 'retry'))
+      if owner ~= tid or none(retry) then
+        return replay(tid, exec_at) or lost(tid)
+      end
+      redis.call('ZREM', RETRY, failed)
+      redis.call('HSET', x, 'retry', '')
+    else
+      local r = replay(tid, exec_at)
+      if r then return r end
+    end
+    if not exec_at then return {'A'} end
+  end
+  exec = read_exec(exec_at)
+  exec.tb = needs_bookkeeping(ov, cr) and '1' or '0'
+  return start_or_overlap(tid, exec, set, run, ov, q)
+end
+
+local out = {}
+for c = 1, tonumber(ARGV[4]) do
+  use_base(nxt())
+  local tid, kind = nxt(), nxt()
+  local exp_nr, exp_v, new_nr, kv, failed
+  if kind == 'S' then
+    exp_nr, exp_v, new_nr, kv = nxt(), nxt(), nxt(), nxt()
+  elseif kind == 'R' then
+    failed = nxt()
+  end
+  local missed, now, node = {}, nil, nil
+  local nmissed = tonumber(nxt())
+  if nmissed > 0 then
+    now, node = nxt(), nxt()
+    for m = 1, nmissed do missed[m] = {nxt(), nxt()} end
+  end
+  -- The execution is read from ARGV only if the claim gets that far.
+  local exec = nil
+  if nxt() == '1' then
+    exec = i
+    i = i + 9
+  end
+  out[c] = claim_one(tid, kind, exp_nr, exp_v, new_nr, kv, failed, missed, now, node, exec)
+end
+return out
+"#;
+
+/// Extends a lease. ARGV[3..]: execution id, fence, until. Returns `ok`,
+/// `gone` (no such execution here) or `taken` (fence moved on or it ended).
+const RENEW: &str = r#"
+local eid, fence, untl = ARGV[3], ARGV[4], ARGV[5]
+local x = xkey(eid)
+local st, f = unpack(redis.call('HMGET', x, 'st', 'fence'))
+if not st then return 'gone' end
+if st ~= 'running' or f ~= fence then return 'taken' end
+redis.call('HSET', x, 'lease', untl)
+redis.call('ZADD', LEASES, untl, eid)
+return 'ok'
+"#;
+
+/// Records results, each atomically and independently. ARGV[3] = number
+/// of results, then per result: partition base, execution id, fence,
+/// status, finished_at, error ("" none, else `=` and the text), output
+/// (same), retry_at ("" none), node, lease_until, id for a queued
+/// occurrence started here. Returns one reply per result: `{'OK'}`,
+/// `{'OK', started execution fields}`, `{'C', 'gone'}`, `{'C', 'taken'}`
+/// or `{'I'}` (status `running`). The same result sent twice (a reply lost
+/// with the connection) is `{'OK'}` the second time.
+const FINISH: &str = r#"
+local function finish_one(eid, fence, status, fa, err, output, retry, node, lease, new_id)
+  local x = xkey(eid)
+  local st, xf, tid, trig, sa, xfa, tb =
+    unpack(redis.call('HMGET', x, 'st', 'fence', 'task', 'trig', 'sa', 'fa', 'tb'))
+  if not st then return {'C', 'gone'} end
+  if st ~= 'running' or xf ~= fence then
+    if st == status and tonumber(xf) == tonumber(fence) + 1 and xfa == fa then
+      return {'OK'}
+    end
+    return {'C', 'taken'}
+  end
+  if status == 'running' then return {'I'} end
+  local extra = {'out', output}
+  if retry ~= '' and status ~= 'succeeded' then
+    extra[3] = 'retry'
+    extra[4] = retry
+    redis.call('ZADD', RETRY, retry, eid)
+  else
+    retry = ''
+  end
+  end_running(eid, sa, xf, status, fa, err, extra)
+  if tb ~= '1' then return {'OK'} end
+  local started = after_end(tid, eid, trig, status, retry, node, fa, lease, new_id)
+  trim(tid)
+  if started then
+    local out = {'OK'}
+    for _, v in ipairs(exec_reply(started)) do out[#out + 1] = v end
+    return out
+  end
+  return {'OK'}
+end
+
+local out = {}
+local i = 4
+for c = 1, tonumber(ARGV[3]) do
+  use_base(ARGV[i])
+  out[c] = finish_one(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
+    ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10])
+  i = i + 11
+end
+return out
+"#;
+
+/// Takes over expired leases. ARGV[3..]: now, node, lease_until, then ids
+/// for queued occurrences started here (their number is the limit).
+/// Returns a list of `{'A', fields}` (abandoned) and `{'S', fields}`
+/// (started) replies.
+const RECOVER: &str = r#"
+local now, node, lease = ARGV[3], ARGV[4], ARGV[5]
+local limit = #ARGV - 5
+local out = {}
+if limit <= 0 then return out end
+local WHY = '=lease expired: its scheduler stopped renewing it'
+local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', '(' .. now, 'LIMIT', 0, limit)
+for j, eid in ipairs(expired) do
+  local x = xkey(eid)
+  local tid, st, att, trig, sa, fence, tb =
+    unpack(redis.call('HMGET', x, 'task', 'st', 'att', 'trig', 'sa', 'fence', 'tb'))
+  if st ~= 'running' then
+    redis.call('ZREM', LEASES, eid)
+  else
+    local mr, bo = unpack(redis.call('HMGET', tkey(tid), 'mr', 'bo'))
+    local retry = ''
+    local extra = {}
+    if mr and tonumber(att) <= tonumber(mr) then
+      retry = fmt(tonumber(now) + backoff_ms(bo, att) * 1000)
+      extra = {'retry', retry}
+      redis.call('ZADD', RETRY, retry, eid)
+    end
+    end_running(eid, sa, fence, 'abandoned', now, WHY, extra)
+    local started = nil
+    if tb == '1' then
+      started = after_end(tid, eid, trig, 'abandoned', retry, node, now, lease, ARGV[5 + j])
+    end
+    local a = {'A'}
+    for _, v in ipairs(exec_reply(eid)) do a[#a + 1] = v end
+    out[#out + 1] = a
+    if started then
+      local s = {'S'}
+      for _, v in ipairs(exec_reply(started)) do s[#s + 1] = v end
+      out[#out + 1] = s
+    end
+  end
+end
+return out
 "#;
 
 /// One task's history. ARGV[3..]: task id, tenant, offset, limit, status

@@ -15,13 +15,14 @@ use tickwheel::store::{
     Change, ChangeFeed, Claim, ClaimKind, ClaimOutcome, DEFAULT_RETENTION, ExecutionPage,
     ExecutionQuery, Finish, FinishOutcome, MAX_PAGE, Recovered, TaskPage,
 };
-use tickwheel::{Error, Execution, ExecutionId, ExecutionStatus, Store, Task, TaskId, TaskPatch};
+use tickwheel::{Error, Execution, ExecutionId, Store, Task, TaskId, TaskPatch};
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
-    TASK_FIELDS, TaskFields, array, bytes, corrupt, exec_fields, exec_from_pairs, micros, name_of,
-    opt_strings, parse_micros, redis_error, strings, task_from_fields, trunc_exec, trunc_task,
+    TASK_FIELDS, TaskFields, array, bytes, corrupt, exec_encoding, exec_from_pairs, micros,
+    name_of, opt_strings, opt_text, overlay, parse_micros, redis_error, strings, task_from_fields,
+    trunc_exec, trunc_task,
 };
 use crate::conn::Conn;
 use crate::feed::{self, Message};
@@ -212,7 +213,15 @@ struct Shared {
     owners: Mutex<HashMap<ExecutionId, usize>>,
     /// Results waiting to be sent, batched (see `RedisStore::finish_batched`).
     finishes: Mutex<FinishQueue>,
+    /// Task definitions read, by id: a lost claim for a task whose
+    /// definition (`version`) is here gets only the bookkeeping fields back.
+    /// A definition is immutable at a version, so an entry is never stale
+    /// for its version; the map is emptied when it reaches `DEFS_MAX`.
+    defs: Mutex<HashMap<TaskId, Arc<Task>>>,
 }
+
+/// Most task definitions kept in `Shared::defs`.
+const DEFS_MAX: usize = 200_000;
 
 #[derive(Default)]
 struct FinishQueue {
@@ -234,8 +243,10 @@ struct FinishItem {
     fence: u64,
     status: String,
     finished_at: String,
-    error: Option<String>,
-    output: Option<String>,
+    /// Encoded by `opt_text`.
+    error: String,
+    /// Encoded by `opt_text`.
+    output: String,
     retry_at: String,
     node: String,
     lease_until: String,
@@ -249,8 +260,8 @@ impl FinishItem {
             fence: f.fence,
             status: name_of(&f.status),
             finished_at: micros(f.finished_at),
-            error: f.error.map(|s| truncate(s, MAX_ERROR_BYTES)),
-            output: f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES)),
+            error: opt_text(f.error.map(|s| truncate(s, MAX_ERROR_BYTES)).as_deref()),
+            output: opt_text(f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES)).as_deref()),
             retry_at: f.retry_at.map(micros).unwrap_or_default(),
             node: f.node,
             lease_until: micros(f.lease_until),
@@ -265,10 +276,8 @@ impl FinishItem {
             .arg(self.fence)
             .arg(&self.status)
             .arg(&self.finished_at)
-            .arg(if self.error.is_some() { "1" } else { "0" })
-            .arg(self.error.as_deref().unwrap_or(""))
-            .arg(if self.output.is_some() { "1" } else { "0" })
-            .arg(self.output.as_deref().unwrap_or(""))
+            .arg(&self.error)
+            .arg(&self.output)
             .arg(&self.retry_at)
             .arg(&self.node)
             .arg(&self.lease_until)
@@ -349,6 +358,7 @@ impl RedisStore {
                 stop: CancellationToken::new(),
                 owners: Mutex::new(HashMap::new()),
                 finishes: Mutex::new(FinishQueue::default()),
+                defs: Mutex::new(HashMap::new()),
             }),
         };
         store.check_partitions(options.partitions).await?;
@@ -395,12 +405,8 @@ impl RedisStore {
     /// The partition of a task: the low 64 bits of its id (random in a
     /// UUIDv7) modulo the partition count.
     fn partition(&self, id: TaskId) -> usize {
-        let tail = u64::from_be_bytes(
-            id.as_uuid().as_bytes()[8..]
-                .try_into()
-                .expect("a UUID has 16 bytes"),
-        );
-        (tail % self.partitions() as u64) as usize
+        let (_, low) = id.as_uuid().as_u64_pair();
+        (low % self.partitions() as u64) as usize
     }
 
     fn base(&self, p: usize) -> &str {
@@ -441,6 +447,20 @@ impl RedisStore {
         self.shared.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn defs(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Arc<Task>>> {
+        // Plain data; a panic elsewhere cannot break it.
+        self.shared.defs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `task`'s definition for lost claims.
+    fn keep_def(&self, task: &Task) {
+        let mut defs = self.defs();
+        if defs.len() >= DEFS_MAX && !defs.contains_key(&task.id) {
+            defs.clear();
+        }
+        defs.insert(task.id, Arc::new(task.clone()));
+    }
+
     /// Partitions to try for an execution: its known one, or all of them.
     fn partitions_of(&self, id: ExecutionId) -> Vec<usize> {
         match self.owners().get(&id) {
@@ -461,12 +481,14 @@ impl RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(redis_error)?;
-        let Some(task) = task_from_fields(&values[..TASK_FIELDS.len()])? else {
+        let [fields @ .., Some(tenant), Some(rv)] = &values[..] else {
             return Ok(None);
         };
-        let tenant = values[TASK_FIELDS.len()].clone().unwrap_or_default();
-        let rv = values[TASK_FIELDS.len() + 1].clone().unwrap_or_default();
-        Ok(Some((task, tenant, rv)))
+        let task = task_from_fields(fields)?;
+        if let Some(task) = &task {
+            self.keep_def(task);
+        }
+        Ok(task.map(|task| (task, tenant.clone(), rv.clone())))
     }
 
     /// Reads tasks by id, grouped by partition; missing ones are left out.
@@ -492,6 +514,7 @@ impl RedisStore {
                 let mut tasks = Vec::with_capacity(rows.len());
                 for row in rows {
                     if let Some(task) = task_from_fields(&row)? {
+                        self.keep_def(&task);
                         tasks.push(task);
                     }
                 }
@@ -541,7 +564,13 @@ impl RedisStore {
             inv.arg(if resend { "1" } else { "0" }).arg(idx.len());
             for &i in idx {
                 let claim = &claims[i];
-                encode_claim(&mut inv, self.base(self.partition(claim.task_id)), claim);
+                let known = self.defs().get(&claim.task_id).map(|t| t.version);
+                encode_claim(
+                    &mut inv,
+                    self.base(self.partition(claim.task_id)),
+                    known,
+                    claim,
+                );
             }
             match self.eval::<Value>(&inv).await {
                 Err(err)
@@ -564,8 +593,15 @@ impl RedisStore {
         }
     }
 
-    /// The outcome of one claim from its script reply.
-    fn claim_outcome(&self, p: usize, claim: Claim, reply: Value) -> Result<ClaimOutcome, Error> {
+    /// The outcome of one claim from its script reply; `None` for a lost
+    /// claim whose definition, left out of the reply, is no longer kept
+    /// here (the caller reads the task).
+    fn claim_outcome(
+        &self,
+        p: usize,
+        claim: Claim,
+        reply: Value,
+    ) -> Result<Option<ClaimOutcome>, Error> {
         let items = array(reply)?;
         let Some(kind) = items.first().map(bytes).transpose()?.flatten() else {
             return Err(corrupt("empty claim reply"));
@@ -579,7 +615,7 @@ impl RedisStore {
             self.remember(e.id, p);
             Ok(e)
         };
-        Ok(match kind.as_slice() {
+        Ok(Some(match kind.as_slice() {
             b"S" => ClaimOutcome::Started(started(claim)?),
             b"K" => ClaimOutcome::Skipped(exec_from_pairs(&strings(rest)?)?),
             b"Q" => ClaimOutcome::Queued,
@@ -596,16 +632,36 @@ impl RedisStore {
                     })
                     .collect::<Result<_, _>>()?,
             },
-            b"L" => ClaimOutcome::Lost {
-                current: task_from_fields(&opt_strings(rest)?)?.map(Box::new),
-            },
+            b"L" => {
+                let fields = opt_strings(rest)?;
+                let current = match fields.first() {
+                    // Left out: the definition kept here is current.
+                    Some(Some(d)) if d.is_empty() => {
+                        let def = self.defs().get(&claim.task_id).cloned();
+                        match def {
+                            Some(def) => Some(overlay((*def).clone(), &fields)?),
+                            None => return Ok(None),
+                        }
+                    }
+                    _ => {
+                        let task = task_from_fields(&fields)?;
+                        if let Some(task) = &task {
+                            self.keep_def(task);
+                        }
+                        task
+                    }
+                };
+                ClaimOutcome::Lost {
+                    current: current.map(Box::new),
+                }
+            }
             other => {
                 return Err(corrupt(format!(
                     "unknown claim reply {:?}",
                     String::from_utf8_lossy(other)
                 )));
             }
-        })
+        }))
     }
 
     /// Keys of `limit` smallest entries across partitions, each partition
@@ -980,6 +1036,8 @@ impl RedisStore {
         if answers.iter().any(|a| a == "ok") {
             Ok(())
         } else if answers.iter().any(|a| a == "taken") {
+            // A fenced run is cancelled without a finish: forget it now.
+            self.forget(id);
             Err(Error::conflict(format!("execution {id} was taken over")))
         } else {
             self.forget(id);
@@ -1040,7 +1098,10 @@ impl Store for RedisStore {
             .arg(&self.shared.channel)
             .arg(Self::change_message(&task));
         match self.eval::<String>(&inv).await?.as_str() {
-            "ok" => Ok(task),
+            "ok" => {
+                self.keep_def(&task);
+                Ok(task)
+            }
             "exists" => Err(Error::conflict(format!("task {} already exists", task.id))),
             other => Err(corrupt(format!("create: {other}"))),
         }
@@ -1133,7 +1194,10 @@ impl Store for RedisStore {
                 .arg(&self.shared.channel)
                 .arg(Self::change_message(&updated));
             match self.eval::<String>(&inv).await?.as_str() {
-                "ok" => return Ok(updated),
+                "ok" => {
+                    self.keep_def(&updated);
+                    return Ok(updated);
+                }
                 "notfound" => return Err(Error::task_not_found(id)),
                 "retry" => continue,
                 other => return Err(corrupt(format!("update: {other}"))),
@@ -1163,6 +1227,11 @@ impl Store for RedisStore {
         for (i, c) in claims.iter().enumerate() {
             groups[self.group_of(self.partition(c.task_id))].push(i);
         }
+        // Items of one partition next to each other: the script switches
+        // key bases only between them.
+        for idx in &mut groups {
+            idx.sort_by_key(|&i| self.partition(claims[i].task_id));
+        }
         let calls = groups
             .iter()
             .enumerate()
@@ -1179,14 +1248,19 @@ impl Store for RedisStore {
                 slots[i] = Some(r);
             }
         }
-        claims
-            .into_iter()
-            .zip(slots)
-            .map(|(claim, reply)| {
-                let reply = reply.ok_or_else(|| corrupt("claim without a reply"))?;
-                self.claim_outcome(self.partition(claim.task_id), claim, reply)
-            })
-            .collect()
+        let mut outcomes = Vec::with_capacity(claims.len());
+        for (claim, reply) in claims.into_iter().zip(slots) {
+            let reply = reply.ok_or_else(|| corrupt("claim without a reply"))?;
+            let id = claim.task_id;
+            let outcome = match self.claim_outcome(self.partition(id), claim, reply)? {
+                Some(outcome) => outcome,
+                None => ClaimOutcome::Lost {
+                    current: self.read_task(id).await?.map(|(t, ..)| Box::new(t)),
+                },
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
     }
 
     async fn finish(&self, f: Finish) -> Result<FinishOutcome, Error> {
@@ -1320,7 +1394,12 @@ impl Store for RedisStore {
 }
 
 /// Appends one claim to a claim script call (layout in `scripts::CLAIM`).
-fn encode_claim(inv: &mut ScriptInvocation<'static>, base: &str, c: &Claim) {
+fn encode_claim(
+    inv: &mut ScriptInvocation<'static>,
+    base: &str,
+    known_version: Option<u64>,
+    c: &Claim,
+) {
     inv.arg(base).arg(c.task_id.to_string());
     match &c.kind {
         ClaimKind::Scheduled {
@@ -1331,46 +1410,39 @@ fn encode_claim(inv: &mut ScriptInvocation<'static>, base: &str, c: &Claim) {
             inv.arg("S")
                 .arg(micros(*expected_next_run))
                 .arg(expected_version)
-                .arg(new_next_run.map(micros).unwrap_or_default());
+                .arg(new_next_run.map(micros).unwrap_or_default())
+                .arg(known_version.map(|v| v.to_string()).unwrap_or_default());
         }
         ClaimKind::Retry { failed } => {
             inv.arg("R").arg(failed.to_string());
         }
+        // `ClaimKind::Manual`, the only other kind.
         _ => {
             inv.arg("M");
         }
     }
     inv.arg(c.missed.len());
-    let now = micros(c.now);
-    for at in &c.missed {
-        let fields = [
-            ("id", ExecutionId::new().to_string()),
-            ("task", c.task_id.to_string()),
-            ("sf", micros(*at)),
-            ("sa", now.clone()),
-            ("fa", now.clone()),
-            ("dur", "0".to_owned()),
-            ("att", "1".to_owned()),
-            ("st", name_of(&ExecutionStatus::Missed)),
-            ("node", c.node.clone()),
-            ("trig", name_of(&tickwheel::Trigger::Schedule)),
-            ("fence", "1".to_owned()),
-        ];
-        inv.arg(fields.len() * 2);
-        for (k, v) in fields {
-            inv.arg(k).arg(v);
+    if !c.missed.is_empty() {
+        inv.arg(micros(c.now)).arg(&c.node);
+        for at in &c.missed {
+            inv.arg(ExecutionId::new().to_string()).arg(micros(*at));
         }
     }
     match &c.execution {
         Some(e) => {
-            let fields = exec_fields(e);
-            inv.arg(fields.len() * 2);
-            for (k, v) in fields {
-                inv.arg(k).arg(v);
-            }
+            inv.arg("1")
+                .arg(e.id.to_string())
+                .arg(micros(e.scheduled_for))
+                .arg(e.attempt)
+                .arg(micros(e.started_at))
+                .arg(name_of(&e.trigger))
+                .arg(name_of(&e.status))
+                .arg(e.fence)
+                .arg(e.lease_until.map(micros).unwrap_or_default())
+                .arg(exec_encoding(e));
         }
         None => {
-            inv.arg(0);
+            inv.arg("0");
         }
     }
 }

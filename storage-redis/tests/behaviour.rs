@@ -245,3 +245,137 @@ async fn an_unreachable_server_is_unavailable() {
         Err(Error::Invalid { .. })
     ));
 }
+
+/// Runs of a default (`overlap: allow`) cron task are not tracked on the
+/// task; switching the policy to `skip` while one runs lists it, so the
+/// next occurrence is skipped as the memory store would.
+#[tokio::test]
+async fn a_policy_switch_sees_the_runs_already_running() {
+    let Some(store) = single_store(&unique_prefix("switch"), 50).await else {
+        return;
+    };
+    let task = store
+        .create_task(
+            NewTask::cron("s", "a", "* * * * *")
+                .validate("switch", Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let at = task.next_run.unwrap();
+    let ClaimOutcome::Started(first) =
+        store.claim(vec![manual(&task, at)]).await.unwrap()[0].clone()
+    else {
+        panic!("not started");
+    };
+    let patch = TaskPatch {
+        policy: Some(Policy {
+            overlap: Overlap::Skip,
+            ..Policy::default()
+        }),
+        ..TaskPatch::default()
+    };
+    let task = store
+        .update_task("switch", task.id, &patch, None, at)
+        .await
+        .unwrap();
+    let later = at + Duration::seconds(60);
+    match store
+        .claim(vec![manual(&task, later)])
+        .await
+        .unwrap()
+        .remove(0)
+    {
+        ClaimOutcome::Skipped(e) => assert_eq!(e.scheduled_for, later),
+        other => panic!("expected Skipped, got {other:?}"),
+    }
+    // Once the first run ends, the next one starts.
+    store
+        .finish(Finish {
+            id: first.id,
+            fence: first.fence,
+            status: ExecutionStatus::Succeeded,
+            finished_at: later,
+            error: None,
+            output: None,
+            retry_at: None,
+            node: "n".into(),
+            lease_until: later + Duration::seconds(30),
+        })
+        .await
+        .unwrap();
+    let again = later + Duration::seconds(60);
+    assert!(matches!(
+        store
+            .claim(vec![manual(&task, again)])
+            .await
+            .unwrap()
+            .remove(0),
+        ClaimOutcome::Started(_)
+    ));
+}
+
+/// A lost claim reports the task as it is now, whether or not the store
+/// that claimed has its definition (it then leaves it out of the reply).
+#[tokio::test]
+async fn a_lost_claim_reports_the_task_as_it_is() {
+    let prefix = unique_prefix("lost");
+    let (Some(a), Some(b)) = (
+        single_store(&prefix, 5).await,
+        single_store(&prefix, 5).await,
+    ) else {
+        return;
+    };
+    let task = a
+        .create_task(
+            NewTask::cron("l", "a", "* * * * *")
+                .validate("lost", Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let at = task.next_run.unwrap();
+    let claim = Claim {
+        task_id: task.id,
+        kind: ClaimKind::Scheduled {
+            expected_next_run: at,
+            expected_version: task.version,
+            new_next_run: Some(at + Duration::seconds(60)),
+        },
+        execution: Some(Execution::start(
+            &task,
+            at,
+            1,
+            Trigger::Schedule,
+            "n",
+            at,
+            at + Duration::seconds(30),
+        )),
+        missed: Vec::new(),
+        node: "n".into(),
+        now: at,
+    };
+    assert!(matches!(
+        a.claim(vec![claim.clone()]).await.unwrap()[0],
+        ClaimOutcome::Started(_)
+    ));
+    let now = a.get_task("lost", task.id).await.unwrap();
+    for store in [&a, &b] {
+        match store.claim(vec![claim.clone()]).await.unwrap().remove(0) {
+            ClaimOutcome::Lost { current } => assert_eq!(current.as_deref(), Some(&now)),
+            other => panic!("{other:?}"),
+        }
+    }
+    let patch = TaskPatch {
+        name: Some("renamed".into()),
+        ..TaskPatch::default()
+    };
+    let renamed = b
+        .update_task("lost", task.id, &patch, None, at)
+        .await
+        .unwrap();
+    match a.claim(vec![claim]).await.unwrap().remove(0) {
+        ClaimOutcome::Lost { current } => assert_eq!(current.as_deref(), Some(&renamed)),
+        other => panic!("{other:?}"),
+    }
+}
