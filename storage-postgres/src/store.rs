@@ -14,8 +14,8 @@ use tickwheel::store::{
     FinishOutcome, MAX_PAGE, Recovered, TaskPage,
 };
 use tickwheel::{
-    Error, Execution, ExecutionId, ExecutionStatus, Policy, Store, Task, TaskId, TaskPatch,
-    TaskStatus, Trigger,
+    Error, Execution, ExecutionId, ExecutionStatus, Overlap, Policy, Store, Task, TaskId,
+    TaskPatch, TaskStatus, Trigger,
 };
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -728,6 +728,28 @@ impl Store for crate::PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        // Running ids are kept only for policies other than `allow`: a task
+        // leaving `allow` learns them from its executions (locked, so a
+        // finish in flight either commits first or waits for us).
+        let was_allow = old.policy.overlap == Overlap::Allow;
+        let is_allow = t.policy.overlap == Overlap::Allow;
+        if was_allow != is_allow {
+            let running: Vec<Uuid> = if is_allow {
+                Vec::new()
+            } else {
+                sqlx::query_scalar(&inner.sql.running_of)
+                    .bind(t.id.as_uuid())
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)?
+            };
+            sqlx::query(&inner.sql.set_running)
+                .bind(t.id.as_uuid())
+                .bind(&running)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         sqlx::query(&inner.sql.notify)
             .bind(inner.feed.channel())
             .bind(upsert_payload(t))
@@ -896,14 +918,23 @@ impl Store for crate::PgStore {
             .fetch_all(&inner.pool)
             .await
             .map_err(db_err)?;
-        if expired.is_empty() {
+        // Queued occurrences with nothing left running: a finish that raced
+        // with a change of the task's overlap policy may have missed one.
+        let stuck: Vec<Uuid> = sqlx::query_scalar(&inner.sql.stuck_queues)
+            .bind(limit(n))
+            .fetch_all(&inner.pool)
+            .await
+            .map_err(db_err)?;
+        if expired.is_empty() && stuck.is_empty() {
             return Ok(Recovered::default());
         }
+        let mut candidates = expired;
+        candidates.extend(&stuck);
         let mut tx = inner.pool.begin().await.map_err(db_err)?;
         // Tasks another recoverer (or a claim) holds are left for the next
         // round: their expired executions are being taken care of.
         let locked = sqlx::query(&inner.sql.lock_tasks_skip_locked)
-            .bind(&expired)
+            .bind(&candidates)
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -975,12 +1006,23 @@ impl Store for crate::PgStore {
                 .await
                 .map_err(db_err)?;
         }
-        let touched: std::collections::HashSet<Uuid> =
-            out.abandoned.iter().map(|e| e.task_id.as_uuid()).collect();
+        let touched: std::collections::HashSet<Uuid> = out
+            .abandoned
+            .iter()
+            .map(|e| e.task_id.as_uuid())
+            .chain(stuck.iter().copied().filter(|id| tasks.contains_key(id)))
+            .collect();
         for id in touched {
             let Some(task) = tasks.get_mut(&id) else {
                 continue;
             };
+            // Under the task's lock, in a statement of its own: the ids of
+            // executions that still run.
+            task.running = sqlx::query_scalar(&inner.sql.live_running)
+                .bind(&task.running)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?;
             let mut took_queue = false;
             let mut added = 0i64;
             if let (Some(at), true) = (task.queued_for, task.running.is_empty()) {
