@@ -222,9 +222,15 @@ impl PgStoreBuilder {
             .map_err(|e: sqlx::Error| Error::invalid("url", e.to_string()))?;
         // The store's statements are fixed and their best plans do not
         // depend on the values bound: a generic plan saves the planning
-        // (milliseconds for the claim statement) on every call.
+        // (milliseconds for the claim statement) on every call. Every one of
+        // them reads by index; without `enable_seqscan = off` a plan made
+        // while a table was still empty (a new schema) scans it whole for
+        // as long as the connection lives.
         let options = options
-            .options([("plan_cache_mode", "force_generic_plan")])
+            .options([
+                ("plan_cache_mode", "force_generic_plan"),
+                ("enable_seqscan", "off"),
+            ])
             .log_statements(tracing::log::LevelFilter::Trace);
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
