@@ -25,6 +25,7 @@ pub(crate) struct Sql {
     pub(crate) due_after: String,
     pub(crate) due_retries: String,
     pub(crate) claim: String,
+    pub(crate) claim_careful: String,
     pub(crate) renew: String,
     pub(crate) finish: String,
     pub(crate) execution_state: String,
@@ -96,7 +97,11 @@ impl Sql {
             due_retries: q("SELECT {execution_columns} FROM {s}.executions
                 WHERE retry_at IS NOT NULL AND retry_at <= $1
                 ORDER BY retry_at, id LIMIT $2"),
-            claim: q(CLAIM),
+            // Inserting without ON CONFLICT is cheaper (no speculative
+            // insertion); a batch that hits a taken key fails as a whole and
+            // is run again as the careful variant, which skips such rows.
+            claim: q(&CLAIM.replace("ON CONFLICT DO NOTHING", "")),
+            claim_careful: q(CLAIM),
             renew: q("UPDATE {s}.executions SET lease_until = $3
                 WHERE id = $1 AND fence = $2 AND status = 'running'"),
             finish: q(FINISH),

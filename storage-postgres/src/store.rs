@@ -20,7 +20,7 @@ use tickwheel::{
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::error::{db_err, is_retryable_race};
+use crate::error::{db_err, is_retryable_race, is_unique_violation};
 use crate::feed::{self, Feed};
 use crate::rows::{
     check_task, check_text, execution_from_row, i32_of, i64_of, micros, stored_execution,
@@ -435,9 +435,15 @@ impl Inner {
         }
         let (retention, trim_at) = self.retention_args();
         let mut attempt = 0;
+        let mut careful = false;
         let rows = loop {
             attempt += 1;
-            let result = sqlx::query(&self.sql.claim)
+            let sql = if careful {
+                &self.sql.claim_careful
+            } else {
+                &self.sql.claim
+            };
+            let result = sqlx::query(sql)
                 .bind(&a.task_id)
                 .bind(&a.kind)
                 .bind(&a.exp_next)
@@ -464,6 +470,7 @@ impl Inner {
                 .await;
             match result {
                 Ok(rows) => break rows,
+                Err(e) if !careful && is_unique_violation(&e) => careful = true,
                 Err(e) if attempt < RACE_ATTEMPTS && is_retryable_race(&e) => continue,
                 Err(e) => return Err(db_err(e)),
             }

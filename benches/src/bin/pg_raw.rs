@@ -172,12 +172,10 @@ async fn bulk(args: &Args) -> Result<()> {
         "due scan of the next 5 s: {} tasks in {scan_ms:.2} ms",
         due.len()
     );
+    // The store's own connection settings apply (generic plans).
     let mut conn = store.pool().acquire().await?;
-    sqlx::query("SET plan_cache_mode = force_generic_plan")
-        .execute(&mut *conn)
-        .await?;
     let explain = format!(
-        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT id FROM \"{}\".tasks \
+        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT * FROM \"{}\".tasks \
          WHERE enabled AND next_run IS NOT NULL AND next_run <= $1 ORDER BY next_run, id LIMIT $2",
         store.schema()
     );
