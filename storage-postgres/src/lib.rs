@@ -53,8 +53,14 @@
 //!   round trip for the whole batch, whatever the kinds and policies. A
 //!   losing claim writes nothing and reports the task as last committed
 //!   (read through the `fresh_tasks` function, which runs with its own,
-//!   newer snapshot). Claims in one call that name the same task are
-//!   applied one after the other (a statement changes a row only once).
+//!   newer snapshot). In a batch of scheduled claims only, a task whose row
+//!   another statement holds locked is skipped (`SKIP LOCKED`) and reported
+//!   lost as last committed, rather than waited for: nodes racing for the
+//!   same due tasks then split them instead of queueing behind each other's
+//!   commits, and the engine claims a skipped task again at once. Manual
+//!   and retry claims always wait. Claims in one call that name the same
+//!   task are applied one after the other (a statement changes a row only
+//!   once).
 //! - **Running ids.** Only a task whose overlap policy looks at them (`skip`,
 //!   `queue_one`, `replace`) keeps the ids of its running executions on its
 //!   row; under `allow` (the default) a finish writes nothing but the

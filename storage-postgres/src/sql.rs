@@ -26,6 +26,7 @@ pub(crate) struct Sql {
     pub(crate) due_retries: String,
     pub(crate) claim: String,
     pub(crate) claim_careful: String,
+    pub(crate) claim_skip_locked: String,
     pub(crate) renew: String,
     pub(crate) finish: String,
     pub(crate) execution_state: String,
@@ -102,6 +103,13 @@ impl Sql {
             // is run again as the careful variant, which skips such rows.
             claim: q(&CLAIM.replace("ON CONFLICT DO NOTHING", "")),
             claim_careful: q(CLAIM),
+            // For batches of scheduled claims only: a task another statement
+            // holds is skipped (reported lost, as last committed) instead of
+            // waited for, so nodes racing for the same due tasks do not
+            // queue behind each other's commits.
+            claim_skip_locked: q(&CLAIM
+                .replace("ON CONFLICT DO NOTHING", "")
+                .replace("FOR UPDATE OF t", "FOR UPDATE OF t SKIP LOCKED")),
             renew: q("UPDATE {s}.executions SET lease_until = $3
                 WHERE id = $1 AND fence = $2 AND status = 'running'"),
             finish: q(FINISH),

@@ -434,12 +434,17 @@ impl Inner {
             a.push(i32::try_from(i + 1).unwrap_or(i32::MAX), c)?;
         }
         let (retention, trim_at) = self.retention_args();
+        let all_scheduled = claims
+            .iter()
+            .all(|c| matches!(c.kind, ClaimKind::Scheduled { .. }));
         let mut attempt = 0;
         let mut careful = false;
         let rows = loop {
             attempt += 1;
             let sql = if careful {
                 &self.sql.claim_careful
+            } else if all_scheduled {
+                &self.sql.claim_skip_locked
             } else {
                 &self.sql.claim
             };
