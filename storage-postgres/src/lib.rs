@@ -138,11 +138,12 @@
 //! (`benches/results-postgres.md` has the full `EXPLAIN (ANALYZE, BUFFERS)`):
 //!
 //! ```text
-//! Limit (actual time=0.030..0.030 rows=0 loops=1)
+//! Limit (actual time=0.007..0.008 rows=0 loops=1)
 //!   Buffers: shared hit=3
-//!   ->  Index Scan using tasks_due on tasks (actual time=0.029..0.029 rows=0 loops=1)
-//!         Index Cond: (next_run <= $1)
+//!   ->  Index Scan using tasks_due on tasks (actual time=0.006..0.006 rows=0 loops=1)
+//!         Index Cond: (next_run <= '2026-11-28 21:13:28.295235+00'::timestamp with time zone)
 //!         Buffers: shared hit=3
+//! Execution Time: 0.025 ms
 //! ```
 //!
 //! Connections opened by [`PgStoreBuilder::connect`] use
