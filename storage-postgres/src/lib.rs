@@ -191,6 +191,10 @@ pub const DEFAULT_SCHEMA: &str = "tickwheel";
 
 /// A [`Store`] on PostgreSQL. Cheap to clone (clones share the pool and the
 /// change-feed listener).
+///
+/// Its background tasks (the finish batchers, and the change-feed listener
+/// once something subscribes) run on the Tokio runtime the store was created
+/// in, until the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     inner: Arc<store::Inner>,
@@ -256,6 +260,10 @@ impl PgStoreBuilder {
     /// Connects to `url` with a new pool, applies the migrations, and
     /// returns the store.
     ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (the store starts its background tasks).
+    ///
     /// # Errors
     ///
     /// [`Error::Invalid`] for a bad URL or schema name,
@@ -290,7 +298,13 @@ impl PgStoreBuilder {
         self.from_pool(pool).await
     }
 
-    /// A store on an existing pool (migrated unless turned off).
+    /// A store on an existing pool (migrated unless turned off). Give the
+    /// pool's connections the settings [`connect`](Self::connect) uses (see
+    /// the crate docs, "Performance notes").
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (the store starts its background tasks).
     ///
     /// # Errors
     ///
