@@ -12,7 +12,7 @@ use crate::rows::{EXECUTION_COLUMNS, TASK_COLUMNS};
 #[derive(Debug)]
 pub(crate) struct Sql {
     pub(crate) insert_task: String,
-    pub(crate) insert_tasks: String,
+    pub(crate) copy_tasks: String,
     pub(crate) notify: String,
     pub(crate) get_task: String,
     pub(crate) list_first: String,
@@ -65,12 +65,7 @@ impl Sql {
                     INSERT INTO {s}.tasks ({task_columns}) VALUES ({task_values})
                     ON CONFLICT (id) DO NOTHING RETURNING id)
                 SELECT pg_notify($26, $27) FROM i"),
-            insert_tasks: q("INSERT INTO {s}.tasks ({task_columns})
-                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                    $6::text[], $7::text[], $8::timestamptz[], $9::text[], $10::bool[], $11::text[],
-                    $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::int4[],
-                    $18::int8[], $19::int8[], $20::int8[], $21::timestamptz[], $22::timestamptz[],
-                    $23::timestamptz[], $24::timestamptz[], $25::int8[])"),
+            copy_tasks: q("COPY {s}.tasks ({task_columns}) FROM STDIN"),
             notify: q("SELECT pg_notify($1, $2)"),
             get_task: q("SELECT {task_columns} FROM {s}.tasks WHERE id = $1 AND tenant = $2"),
             list_first: q("SELECT {task_columns} FROM {s}.tasks WHERE tenant = $1

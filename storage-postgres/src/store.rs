@@ -532,11 +532,11 @@ fn rounds(claims: Vec<Claim>) -> Vec<Vec<(usize, Claim)>> {
 }
 
 impl crate::PgStore {
-    /// Inserts many tasks at once (one statement per 5,000) and sends one
+    /// Inserts many tasks at once and sends one
     /// [`Change::Resync`](tickwheel::store::Change::Resync) at the end: the
-    /// bulk path for loading large task sets. Each task is checked as
-    /// [`Store::create_task`] does; the whole call is one transaction, so a
-    /// duplicate id fails it all with [`Error::Conflict`].
+    /// bulk path for loading large task sets. The tasks stream in through
+    /// `COPY … FROM STDIN` in one transaction, so a duplicate id fails the
+    /// whole call. Each task is checked as [`Store::create_task`] does.
     ///
     /// # Errors
     ///
@@ -549,66 +549,28 @@ impl crate::PgStore {
             check_task(t)?;
         }
         let mut tx = inner.pool.begin().await.map_err(db_err)?;
-        for chunk in tasks.chunks(5_000) {
-            let col = |f: &dyn Fn(&Task) -> String| chunk.iter().map(f).collect::<Vec<_>>();
-            let opt = |f: &dyn Fn(&Task) -> Option<String>| chunk.iter().map(f).collect::<Vec<_>>();
-            let ts = |f: &dyn Fn(&Task) -> Option<DateTime<Utc>>| {
-                chunk.iter().map(f).collect::<Vec<_>>()
-            };
-            let mut max_retries = Vec::with_capacity(chunk.len());
-            let mut backoff = Vec::with_capacity(chunk.len());
-            let mut timeout = Vec::with_capacity(chunk.len());
-            let mut jitter = Vec::with_capacity(chunk.len());
-            let mut version = Vec::with_capacity(chunk.len());
-            for t in chunk {
-                max_retries.push(i32_of(t.policy.max_retries, "policy.max_retries")?);
-                backoff.push(i64_of(
-                    t.policy.retry_backoff_ms,
-                    "policy.retry_backoff_ms",
-                )?);
-                timeout.push(
-                    t.policy
-                        .timeout_ms
-                        .map(|v| i64_of(v, "policy.timeout_ms"))
-                        .transpose()?,
-                );
-                jitter.push(i64_of(t.policy.jitter_ms, "policy.jitter_ms")?);
-                version.push(i64_of(t.version, "version")?);
+        let mut copy = tx
+            .copy_in_raw(&inner.sql.copy_tasks)
+            .await
+            .map_err(db_err)?;
+        let mut buf = String::with_capacity(1 << 20);
+        for t in &tasks {
+            copy_row(&mut buf, t)?;
+            if buf.len() >= 1 << 20 {
+                if let Err(e) = copy.send(buf.as_bytes()).await {
+                    let _ = copy.abort("send failed").await;
+                    return Err(db_err(e));
+                }
+                buf.clear();
             }
-            sqlx::query(&inner.sql.insert_tasks)
-                .bind(chunk.iter().map(|t| t.id.as_uuid()).collect::<Vec<_>>())
-                .bind(col(&|t| t.tenant.clone()))
-                .bind(col(&|t| t.name.clone()))
-                .bind(col(&|t| t.description.clone()))
-                .bind(col(&|t| t.agent.clone()))
-                .bind(col(&|t| t.prompt.clone()))
-                .bind(opt(&|t| t.schedule.clone()))
-                .bind(ts(&|t| t.run_at))
-                .bind(col(&|t| t.timezone.clone()))
-                .bind(chunk.iter().map(|t| t.enabled).collect::<Vec<_>>())
-                .bind(col(&|t| text_of(&t.status)))
-                .bind(opt(&|t| t.channel_id.clone()))
-                .bind(opt(&|t| {
-                    t.notification.as_ref().map(|n| text_of(&n.method))
-                }))
-                .bind(opt(&|t| {
-                    t.notification.as_ref().map(|n| n.destination.clone())
-                }))
-                .bind(col(&|t| text_of(&t.policy.misfire)))
-                .bind(col(&|t| text_of(&t.policy.overlap)))
-                .bind(max_retries)
-                .bind(backoff)
-                .bind(timeout)
-                .bind(jitter)
-                .bind(ts(&|t| t.last_run))
-                .bind(ts(&|t| t.next_run))
-                .bind(chunk.iter().map(|t| t.created_at).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|t| t.updated_at).collect::<Vec<_>>())
-                .bind(version)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
         }
+        if !buf.is_empty()
+            && let Err(e) = copy.send(buf.as_bytes()).await
+        {
+            let _ = copy.abort("send failed").await;
+            return Err(db_err(e));
+        }
+        copy.finish().await.map_err(db_err)?;
         sqlx::query(&inner.sql.notify)
             .bind(inner.feed.channel())
             .bind(feed::resync())
@@ -618,6 +580,93 @@ impl crate::PgStore {
         tx.commit().await.map_err(db_err)?;
         Ok(tasks)
     }
+}
+
+/// Appends one task as a line of `COPY` text format, columns in
+/// `TASK_COLUMNS` order.
+fn copy_row(buf: &mut String, t: &Task) -> Result<(), Error> {
+    use std::fmt::Write;
+
+    fn text(buf: &mut String, value: &str) {
+        for c in value.chars() {
+            match c {
+                '\\' => buf.push_str("\\\\"),
+                '\n' => buf.push_str("\\n"),
+                '\r' => buf.push_str("\\r"),
+                '\t' => buf.push_str("\\t"),
+                c => buf.push(c),
+            }
+        }
+    }
+    fn opt_text(buf: &mut String, value: Option<&str>) {
+        match value {
+            Some(v) => text(buf, v),
+            None => buf.push_str("\\N"),
+        }
+    }
+    fn time(buf: &mut String, value: Option<DateTime<Utc>>) {
+        match value {
+            Some(v) => buf.push_str(&v.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            None => buf.push_str("\\N"),
+        }
+    }
+    let (method, destination) = match &t.notification {
+        Some(n) => (Some(text_of(&n.method)), Some(n.destination.as_str())),
+        None => (None, None),
+    };
+    // Writing to a String cannot fail.
+    let _ = write!(buf, "{}\t", t.id);
+    text(buf, &t.tenant);
+    buf.push('\t');
+    text(buf, &t.name);
+    buf.push('\t');
+    text(buf, &t.description);
+    buf.push('\t');
+    text(buf, &t.agent);
+    buf.push('\t');
+    text(buf, &t.prompt);
+    buf.push('\t');
+    opt_text(buf, t.schedule.as_deref());
+    buf.push('\t');
+    time(buf, t.run_at);
+    buf.push('\t');
+    text(buf, &t.timezone);
+    buf.push_str(if t.enabled { "\tt\t" } else { "\tf\t" });
+    text(buf, &text_of(&t.status));
+    buf.push('\t');
+    opt_text(buf, t.channel_id.as_deref());
+    buf.push('\t');
+    opt_text(buf, method.as_deref());
+    buf.push('\t');
+    opt_text(buf, destination);
+    let _ = write!(
+        buf,
+        "\t{}\t{}\t{}\t{}\t",
+        text_of(&t.policy.misfire),
+        text_of(&t.policy.overlap),
+        i32_of(t.policy.max_retries, "policy.max_retries")?,
+        i64_of(t.policy.retry_backoff_ms, "policy.retry_backoff_ms")?,
+    );
+    match t.policy.timeout_ms {
+        Some(ms) => {
+            let _ = write!(buf, "{}", i64_of(ms, "policy.timeout_ms")?);
+        }
+        None => buf.push_str("\\N"),
+    }
+    let _ = write!(
+        buf,
+        "\t{}\t",
+        i64_of(t.policy.jitter_ms, "policy.jitter_ms")?
+    );
+    time(buf, t.last_run);
+    buf.push('\t');
+    time(buf, t.next_run);
+    buf.push('\t');
+    time(buf, Some(t.created_at));
+    buf.push('\t');
+    time(buf, Some(t.updated_at));
+    let _ = writeln!(buf, "\t{}", i64_of(t.version, "version")?);
+    Ok(())
 }
 
 #[async_trait]

@@ -476,3 +476,64 @@ async fn a_policy_change_keeps_overlap_exact() {
         .remove(0);
     assert!(matches!(out, ClaimOutcome::Queued), "{out:?}");
 }
+
+/// The bulk path stores tasks exactly as `create_task` does (strings with
+/// every character COPY escapes, all fields), refuses a duplicate id as a
+/// whole, and tells subscribers to rescan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_create_is_faithful_and_atomic() {
+    let Some(url) = common::server_url("bulk_create_is_faithful_and_atomic") else {
+        return;
+    };
+    let store = pg(&url).await;
+    let mut feed = store.subscribe().await.expect("subscribe");
+    let tricky = "tab\there\\back\\slash\nnew\rline \\N \\. '\"; -- é 🦀 \u{1}";
+    let now = Utc::now();
+    let mut plain = NewTask::once("once", "agent", now + chrono::TimeDelta::hours(1));
+    plain.enabled = Some(false);
+    let mut rich = NewTask::cron(tricky, tricky, "*/5 * * * *");
+    rich.description = Some(tricky.into());
+    rich.prompt = Some(tricky.into());
+    rich.channel_id = Some("#x\\y".into());
+    rich.notification = Some(Notification {
+        method: NotificationMethod::Http,
+        destination: format!("https://example.com/{tricky}"),
+    });
+    rich.policy = Some(Policy {
+        timeout_ms: Some(5),
+        jitter_ms: 7,
+        ..Policy::default()
+    });
+    let tasks = vec![
+        plain.validate("bulk", now).expect("valid"),
+        rich.validate("bulk", now).expect("valid"),
+    ];
+    let created = store.create_tasks(tasks.clone()).await.expect("bulk");
+    for t in &created {
+        assert_eq!(&store.get_task("bulk", t.id).await.expect("get"), t);
+    }
+    let resync = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if feed.next().await == Some(tickwheel::store::Change::Resync) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(resync.is_ok(), "a bulk insert asks subscribers to rescan");
+
+    let fresh = NewTask::cron("fresh", "a", "* * * * *")
+        .validate("bulk", now)
+        .expect("valid");
+    let again = store
+        .create_tasks(vec![fresh.clone(), tasks[0].clone()])
+        .await;
+    assert!(matches!(again, Err(Error::Conflict { .. })), "{again:?}");
+    assert!(
+        matches!(
+            store.get_task("bulk", fresh.id).await,
+            Err(Error::NotFound { .. })
+        ),
+        "nothing of a failed bulk insert stays"
+    );
+}
