@@ -49,10 +49,17 @@ start_postgres() {
     cat "$dir/initdb.log" >&2
     return 1
   }
-  # fsync stays on (the default): the figures are for a durable store.
+  # fsync and synchronous_commit stay on (the defaults): the figures are for
+  # a durable store. Room for parallel tests' pools (max_connections), and
+  # WAL settings for a write-heavy load: bigger WAL buffers, and checkpoints
+  # far enough apart that full-page images do not dominate the WAL.
+  local settings=(
+    -c listen_addresses=127.0.0.1 -p "$port" -k "$dir"
+    -c max_connections=300 -c shared_buffers=256MB -c wal_buffers=64MB
+    -c max_wal_size=4GB -c checkpoint_timeout=30min
+  )
   "${as_postgres[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=300 -c shared_buffers=256MB" \
-    start >/dev/null || {
+    -o "${settings[*]}" start >/dev/null || {
     cat "$dir/server.log" >&2
     return 1
   }

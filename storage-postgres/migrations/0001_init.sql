@@ -29,7 +29,8 @@ CREATE TABLE tasks (
     version                  bigint NOT NULL,
     -- Engine state, kept on the task row so every decision about a task is
     -- made under its row lock (see the crate docs):
-    -- ids of the task's running executions, in start order;
+    -- ids of the task's running executions, in start order (kept only
+    -- while its overlap policy is not `allow`, the one that ignores them);
     running                  uuid[] NOT NULL DEFAULT '{}',
     -- the occurrence waiting for them (overlap: queue_one);
     queued_for               timestamptz,
@@ -43,6 +44,8 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_due ON tasks (next_run, id) WHERE enabled AND next_run IS NOT NULL;
 -- Listing a tenant's tasks in id order.
 CREATE INDEX tasks_tenant ON tasks (tenant, id);
+-- Queued occurrences (overlap: queue_one), for recovery's sweep.
+CREATE INDEX tasks_queued ON tasks (id) WHERE queued_for IS NOT NULL;
 
 CREATE TABLE executions (
     id            uuid PRIMARY KEY,

@@ -25,6 +25,11 @@ pub(crate) fn is_retryable_race(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")))
 }
 
+/// Whether `err` is a unique violation (a taken key).
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
 pub(crate) fn db_err(err: sqlx::Error) -> Error {
     match &err {
         sqlx::Error::Io(_)

@@ -40,19 +40,45 @@
 //! # Atomicity
 //!
 //! Every decision about a task is taken under its row lock, from the row's
-//! latest version: a claim batch is one statement that locks its tasks
-//! (`SELECT … ORDER BY id FOR UPDATE`, always in id order, so concurrent
-//! batches cannot deadlock), compares `next_run` / `version` / the awaited
-//! retry, decides overlap from the running ids kept on the task row, ends
-//! replaced runs, inserts the `running`, `skipped` and `missed` executions,
-//! advances the task and trims old history — one round trip for the whole
-//! batch, whatever the policies. `finish` is one statement too (fenced
-//! result, one-time task status, the queued occurrence's start, trim);
-//! `update_task` and `delete_task` lock the row in a short transaction; and
-//! [`Store::recover_expired`] locks the tasks of expired executions with
-//! `FOR UPDATE SKIP LOCKED`, so concurrent recoverers never take over the
-//! same execution twice. Claims in one call that name the same task are
-//! applied one after the other (a statement changes a row only once).
+//! latest version, and a statement that locks several tasks locks them in id
+//! order (`SELECT … ORDER BY id FOR UPDATE`) before it touches any of their
+//! executions, so concurrent statements cannot deadlock.
+//!
+//! - **Claims.** A batch of claims is one statement: it locks the tasks it
+//!   can still win (a row that moved on while the statement waited for its
+//!   lock is re-checked on its new version), compares `next_run` / `version`
+//!   / the awaited retry, decides overlap from the running ids kept on the
+//!   task row, ends replaced runs, inserts the `running`, `skipped` and
+//!   `missed` executions, advances the tasks and trims old history — one
+//!   round trip for the whole batch, whatever the kinds and policies. A
+//!   losing claim writes nothing and reports the task as last committed
+//!   (read through the `fresh_tasks` function, which runs with its own,
+//!   newer snapshot). In a batch of scheduled claims only, a task whose row
+//!   another statement holds locked is skipped (`SKIP LOCKED`) and reported
+//!   lost as last committed, rather than waited for: nodes racing for the
+//!   same due tasks then split them instead of queueing behind each other's
+//!   commits, and the engine claims a skipped task again at once. Manual
+//!   and retry claims always wait. Claims in one call that name the same
+//!   task are applied one after the other (a statement changes a row only
+//!   once).
+//! - **Running ids.** Only a task whose overlap policy looks at them (`skip`,
+//!   `queue_one`, `replace`) keeps the ids of its running executions on its
+//!   row; under `allow` (the default) a finish writes nothing but the
+//!   execution row. A policy change away from `allow` rebuilds the list from
+//!   the task's running executions, locked, so a finish in flight either
+//!   commits first or waits. As a safety net, [`Store::recover_expired`]
+//!   also starts queued occurrences that nothing runs ahead of any more.
+//! - **Finishes.** Concurrent [`Store::finish`] calls are gathered into one
+//!   statement (one round trip, one commit and WAL flush for all of them);
+//!   each is fenced on its own, and each caller gets its own answer after
+//!   the batch committed. Finishes of one task in one batch fold as if
+//!   applied in order.
+//! - `update_task` and `delete_task` lock the task row in a short
+//!   transaction; delete removes the executions in a second statement, so it
+//!   sees any a claim committed while the delete waited for the lock.
+//! - [`Store::recover_expired`] locks the tasks of expired executions with
+//!   `FOR UPDATE SKIP LOCKED`, so concurrent recoverers never take over the
+//!   same execution twice.
 //!
 //! Time comes from the caller only: no statement reads the database clock.
 //!
@@ -90,27 +116,48 @@
 //!
 //! Each task keeps its newest `retention` executions (default 1000; running
 //! executions and failed ones awaiting a retry are always kept). The task row
-//! counts its executions; when a claim or finish takes the count past
-//! `retention + slack` (slack = retention / 10, at most 100), the same
-//! statement deletes the oldest finished ones down to `retention`. So history
-//! is trimmed in batches of at most slack + one claim's rows, each an index
-//! range at the old end of one task's history: no table scan, no long lock,
-//! and no unbounded growth between sweeps.
+//! counts its executions; when a claim (or a finish that starts a queued
+//! occurrence) takes the count past `retention + slack` (slack = retention /
+//! 10, at most 100), the same statement deletes the oldest finished ones
+//! down to `retention`. So history is trimmed in batches of at most slack +
+//! one claim's rows, each an index range at the old end of one task's
+//! history: no table scan, no long lock, and no unbounded growth between
+//! sweeps. A statement cannot delete a row it also changes, so the attempt a
+//! claim retries, the runs it replaces and the runs a finish records are
+//! left for a later trim; which old rows go first may therefore differ a
+//! little from the memory store.
+//!
+//! Deleted rows become dead tuples that autovacuum reclaims; with the
+//! default settings that keeps the tables near their live size.
 //!
 //! # Performance notes
 //!
-//! The due scan reads only the window it asks for; with 1M tasks due far in
-//! the future an idle node's scan is an index range scan returning nothing
-//! (see `benches/results-postgres.md` for the `EXPLAIN`):
+//! The due scan reads only the window it asks for. With 1M tasks due far in
+//! the future, an idle node's scan of the next 5 s is an index range scan
+//! that touches three index pages and returns nothing
+//! (`benches/results-postgres.md` has the full `EXPLAIN (ANALYZE, BUFFERS)`):
 //!
 //! ```text
-//! Limit
-//!   ->  Index Scan using tasks_due on tasks
-//!         Index Cond: (next_run <= $1)
+//! Limit (actual time=0.007..0.008 rows=0 loops=1)
+//!   Buffers: shared hit=3
+//!   ->  Index Scan using tasks_due on tasks (actual time=0.006..0.006 rows=0 loops=1)
+//!         Index Cond: (next_run <= '2026-11-28 21:13:28.295235+00'::timestamp with time zone)
+//!         Buffers: shared hit=3
+//! Execution Time: 0.025 ms
 //! ```
 //!
-//! [`PgStore::create_tasks`] inserts tasks in bulk (one statement per 5,000
-//! tasks) and sends one [`Change::Resync`].
+//! Connections opened by [`PgStoreBuilder::connect`] use
+//! `plan_cache_mode = force_generic_plan` (the statements are fixed; planning
+//! the claim statement every time cost milliseconds) and
+//! `enable_seqscan = off` (every statement reads by index, and a plan made
+//! while a new schema's tables were empty must not stay a full scan for the
+//! life of the connection). A pool passed to
+//! [`PgStoreBuilder::from_pool`] should set both the same way
+//! (`PgConnectOptions::options`).
+//!
+//! [`PgStore::create_tasks`] inserts tasks in bulk (`COPY … FROM STDIN` in
+//! one transaction; 1M tasks in 7–9 s on the 2-core test machine) and sends
+//! one [`Change::Resync`].
 //!
 //! [`Change::Resync`]: tickwheel::store::Change::Resync
 //! [`Error::Unavailable`]: tickwheel::Error::Unavailable
@@ -145,6 +192,10 @@ pub const DEFAULT_SCHEMA: &str = "tickwheel";
 
 /// A [`Store`] on PostgreSQL. Cheap to clone (clones share the pool and the
 /// change-feed listener).
+///
+/// Its background tasks (the finish batchers, and the change-feed listener
+/// once something subscribes) run on the Tokio runtime the store was created
+/// in, until the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     inner: Arc<store::Inner>,
@@ -210,6 +261,10 @@ impl PgStoreBuilder {
     /// Connects to `url` with a new pool, applies the migrations, and
     /// returns the store.
     ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (the store starts its background tasks).
+    ///
     /// # Errors
     ///
     /// [`Error::Invalid`] for a bad URL or schema name,
@@ -222,9 +277,15 @@ impl PgStoreBuilder {
             .map_err(|e: sqlx::Error| Error::invalid("url", e.to_string()))?;
         // The store's statements are fixed and their best plans do not
         // depend on the values bound: a generic plan saves the planning
-        // (milliseconds for the claim statement) on every call.
+        // (milliseconds for the claim statement) on every call. Every one of
+        // them reads by index; without `enable_seqscan = off` a plan made
+        // while a table was still empty (a new schema) scans it whole for
+        // as long as the connection lives.
         let options = options
-            .options([("plan_cache_mode", "force_generic_plan")])
+            .options([
+                ("plan_cache_mode", "force_generic_plan"),
+                ("enable_seqscan", "off"),
+            ])
             .log_statements(tracing::log::LevelFilter::Trace);
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
@@ -238,7 +299,13 @@ impl PgStoreBuilder {
         self.from_pool(pool).await
     }
 
-    /// A store on an existing pool (migrated unless turned off).
+    /// A store on an existing pool (migrated unless turned off). Give the
+    /// pool's connections the settings [`connect`](Self::connect) uses (see
+    /// the crate docs, "Performance notes").
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (the store starts its background tasks).
     ///
     /// # Errors
     ///

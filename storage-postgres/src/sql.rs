@@ -12,7 +12,7 @@ use crate::rows::{EXECUTION_COLUMNS, TASK_COLUMNS};
 #[derive(Debug)]
 pub(crate) struct Sql {
     pub(crate) insert_task: String,
-    pub(crate) insert_tasks: String,
+    pub(crate) copy_tasks: String,
     pub(crate) notify: String,
     pub(crate) get_task: String,
     pub(crate) list_first: String,
@@ -25,6 +25,8 @@ pub(crate) struct Sql {
     pub(crate) due_after: String,
     pub(crate) due_retries: String,
     pub(crate) claim: String,
+    pub(crate) claim_careful: String,
+    pub(crate) claim_skip_locked: String,
     pub(crate) renew: String,
     pub(crate) finish: String,
     pub(crate) execution_state: String,
@@ -39,6 +41,10 @@ pub(crate) struct Sql {
     pub(crate) history_total: String,
     pub(crate) history_total_by_status: String,
     pub(crate) task_exists: String,
+    pub(crate) running_of: String,
+    pub(crate) set_running: String,
+    pub(crate) stuck_queues: String,
+    pub(crate) live_running: String,
 }
 
 /// The task columns as written by an insert, `$1`…`$25` in [`TASK_COLUMNS`] order.
@@ -59,12 +65,7 @@ impl Sql {
                     INSERT INTO {s}.tasks ({task_columns}) VALUES ({task_values})
                     ON CONFLICT (id) DO NOTHING RETURNING id)
                 SELECT pg_notify($26, $27) FROM i"),
-            insert_tasks: q("INSERT INTO {s}.tasks ({task_columns})
-                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                    $6::text[], $7::text[], $8::timestamptz[], $9::text[], $10::bool[], $11::text[],
-                    $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::int4[],
-                    $18::int8[], $19::int8[], $20::int8[], $21::timestamptz[], $22::timestamptz[],
-                    $23::timestamptz[], $24::timestamptz[], $25::int8[])"),
+            copy_tasks: q("COPY {s}.tasks ({task_columns}) FROM STDIN"),
             notify: q("SELECT pg_notify($1, $2)"),
             get_task: q("SELECT {task_columns} FROM {s}.tasks WHERE id = $1 AND tenant = $2"),
             list_first: q("SELECT {task_columns} FROM {s}.tasks WHERE tenant = $1
@@ -92,7 +93,18 @@ impl Sql {
             due_retries: q("SELECT {execution_columns} FROM {s}.executions
                 WHERE retry_at IS NOT NULL AND retry_at <= $1
                 ORDER BY retry_at, id LIMIT $2"),
-            claim: q(CLAIM),
+            // Inserting without ON CONFLICT is cheaper (no speculative
+            // insertion); a batch that hits a taken key fails as a whole and
+            // is run again as the careful variant, which skips such rows.
+            claim: q(&CLAIM.replace("ON CONFLICT DO NOTHING", "")),
+            claim_careful: q(CLAIM),
+            // For batches of scheduled claims only: a task another statement
+            // holds is skipped (reported lost, as last committed) instead of
+            // waited for, so nodes racing for the same due tasks do not
+            // queue behind each other's commits.
+            claim_skip_locked: q(&CLAIM
+                .replace("ON CONFLICT DO NOTHING", "")
+                .replace("FOR UPDATE OF t", "FOR UPDATE OF t SKIP LOCKED")),
             renew: q("UPDATE {s}.executions SET lease_until = $3
                 WHERE id = $1 AND fence = $2 AND status = 'running'"),
             finish: q(FINISH),
@@ -135,6 +147,16 @@ impl Sql {
             history_total_by_status: q("SELECT count(*) FROM {s}.executions
                 WHERE task_id = $1 AND status = $2"),
             task_exists: q("SELECT EXISTS (SELECT 1 FROM {s}.tasks WHERE id = $1 AND tenant = $2)"),
+            running_of: q("SELECT id FROM {s}.executions WHERE task_id = $1 AND status = 'running'
+                ORDER BY started_at, id FOR UPDATE"),
+            set_running: q("UPDATE {s}.tasks SET running = $2 WHERE id = $1"),
+            stuck_queues: q("SELECT t.id FROM {s}.tasks t
+                WHERE t.queued_for IS NOT NULL AND NOT EXISTS (
+                    SELECT 1 FROM unnest(t.running) r WHERE NOT EXISTS (
+                        SELECT 1 FROM {s}.executions e WHERE e.id = r AND e.status <> 'running'))
+                ORDER BY t.id LIMIT $1"),
+            live_running: q("SELECT r FROM unnest($1::uuid[]) r WHERE NOT EXISTS (
+                    SELECT 1 FROM {s}.executions e WHERE e.id = r AND e.status <> 'running')"),
         }
     }
 }
@@ -180,7 +202,13 @@ r AS (
     RETURNING c.i
 ),
 d AS (
-    SELECT c.*, l.tenant, l.overlap, l.running, l.queued_for, l.n_executions,
+    -- `live`: the task's running executions. Ids in the (locked, latest)
+    -- row stay unless the snapshot shows that execution finished: one
+    -- inserted by a claim we waited for is not in our snapshot yet, but is
+    -- running.
+    SELECT c.*, l.tenant, l.overlap, l.queued_for, l.n_executions,
+        ARRAY(SELECT r FROM unnest(l.running) r WHERE NOT EXISTS (
+            SELECT 1 FROM {s}.executions e WHERE e.id = r AND e.status <> 'running')) AS live,
         (l.id IS NOT NULL AND CASE c.kind
             WHEN 0 THEN l.enabled AND l.next_run = c.exp_next AND l.version = c.exp_version
             WHEN 1 THEN EXISTS (SELECT 1 FROM r WHERE r.i = c.i)
@@ -190,7 +218,7 @@ d AS (
 o AS (
     SELECT d.*, CASE
         WHEN d.exec_id IS NULL THEN 'advanced'
-        WHEN cardinality(d.running) = 0 OR d.overlap = 'allow' THEN 'started'
+        WHEN d.overlap = 'allow' OR cardinality(d.live) = 0 THEN 'started'
         WHEN d.overlap = 'queue_one' AND d.queued_for IS NULL THEN 'queued'
         WHEN d.overlap = 'replace' THEN 'replaced'
         ELSE 'skipped' END AS outcome
@@ -201,7 +229,7 @@ x AS (
         finished_at = o.started_at,
         duration_ms = GREATEST(0, floor(extract(epoch FROM o.started_at - e.started_at) * 1000))::int8,
         error = o.replace_msg
-    FROM o WHERE o.outcome = 'replaced' AND e.id = ANY(o.running) AND e.status = 'running'
+    FROM o WHERE o.outcome = 'replaced' AND e.id = ANY(o.live) AND e.status = 'running'
     RETURNING o.i, e.id
 ),
 m AS (
@@ -258,8 +286,12 @@ u AS (
     UPDATE {s}.tasks t SET
         next_run = CASE WHEN o.kind = 0 THEN o.new_next ELSE t.next_run END,
         last_run = CASE WHEN a.started IS NOT NULL THEN o.started_at ELSE t.last_run END,
-        running = CASE WHEN o.outcome = 'replaced' THEN '{}'::uuid[] ELSE t.running END
-            || COALESCE(a.started, '{}'::uuid[]),
+        -- Only a task whose overlap policy looks at them keeps its running
+        -- ids (`allow` never does; see update_task for a policy change).
+        running = CASE
+            WHEN o.overlap = 'allow' THEN '{}'::uuid[]
+            WHEN o.outcome = 'replaced' THEN COALESCE(a.started, '{}'::uuid[])
+            ELSE o.live || COALESCE(a.started, '{}'::uuid[]) END,
         queued_for = CASE WHEN o.outcome = 'queued' THEN o.sched_for ELSE t.queued_for END,
         queued_attempt = CASE WHEN o.outcome = 'queued' THEN o.attempt ELSE t.queued_attempt END,
         queued_trigger = CASE WHEN o.outcome = 'queued' THEN o.trig ELSE t.queued_trigger END,
@@ -300,9 +332,14 @@ WITH f0 AS (
     WITH ORDINALITY AS f0(id, fence, status, finished_at, error, output, retry_at, node,
         lease_until, queued_id, i)
 ),
+-- Only tasks whose state a finish changes are locked: those that keep
+-- running ids (overlap other than `allow`), one-time tasks (their status),
+-- and tasks with a queued occurrence. A recurring `allow` task's finish
+-- touches nothing but its execution row.
 l AS (
     SELECT t.* FROM {s}.tasks t
     WHERE t.id IN (SELECT e.task_id FROM {s}.executions e WHERE e.id IN (SELECT id FROM f0))
+        AND (t.overlap <> 'allow' OR t.schedule IS NULL OR t.queued_for IS NOT NULL)
     ORDER BY t.id FOR UPDATE
 ),
 f AS (
@@ -310,23 +347,28 @@ f AS (
         finished_at = f0.finished_at,
         duration_ms = GREATEST(0, floor(extract(epoch FROM f0.finished_at - e.started_at) * 1000))::int8,
         error = f0.error, output = f0.output, lease_until = NULL, retry_at = f0.retry_at
-    FROM f0, l
-    WHERE e.id = f0.id AND e.task_id = l.id AND e.status = 'running' AND e.fence = f0.fence
+    FROM f0
+    WHERE e.id = f0.id AND e.status = 'running' AND e.fence = f0.fence
+        -- Every task lock is taken before the first execution row is.
+        AND (SELECT count(*) FROM l) >= 0
     RETURNING f0.i, e.id, e.task_id, e.trigger, f0.status, f0.retry_at
 ),
 g AS (
-    SELECT task_id, array_agg(id) AS ids, max(i) AS last_i,
-        (array_agg(CASE WHEN status = 'succeeded' THEN 'completed' ELSE 'failed' END
-            ORDER BY i DESC) FILTER (WHERE trigger <> 'manual' AND retry_at IS NULL))[1]
+    SELECT f.task_id, array_agg(f.id) AS ids, max(f.i) AS last_i,
+        (array_agg(CASE WHEN f.status = 'succeeded' THEN 'completed' ELSE 'failed' END
+            ORDER BY f.i DESC) FILTER (WHERE f.trigger <> 'manual' AND f.retry_at IS NULL))[1]
             AS settled
-    FROM f GROUP BY task_id
+    FROM f JOIN l ON l.id = f.task_id GROUP BY f.task_id
 ),
 take AS (
     SELECT l.id, l.tenant, l.queued_for, l.queued_attempt, l.queued_trigger, f0.i,
         f0.queued_id, f0.finished_at, f0.node, f0.lease_until
     FROM l JOIN g ON g.task_id = l.id JOIN f0 ON f0.i = g.last_i
     WHERE l.queued_for IS NOT NULL
-        AND NOT EXISTS (SELECT 1 FROM unnest(l.running) r WHERE r <> ALL (g.ids))
+        AND NOT EXISTS (
+            SELECT 1 FROM unnest(l.running) r
+            WHERE r <> ALL (g.ids) AND NOT EXISTS (
+                SELECT 1 FROM {s}.executions e WHERE e.id = r AND e.status <> 'running'))
 ),
 q AS (
     INSERT INTO {s}.executions (id, task_id, tenant, scheduled_for, started_at, attempt,
@@ -354,8 +396,9 @@ tr AS (
 ),
 u AS (
     UPDATE {s}.tasks t SET
-        running = ARRAY(SELECT r FROM unnest(t.running) r WHERE r <> ALL (g.ids))
-            || ARRAY(SELECT q.id FROM q WHERE q.task_id = t.id),
+        running = CASE WHEN t.overlap = 'allow' THEN '{}'::uuid[] ELSE
+            ARRAY(SELECT r FROM unnest(t.running) r WHERE r <> ALL (g.ids))
+            || ARRAY(SELECT q.id FROM q WHERE q.task_id = t.id) END,
         status = CASE WHEN t.schedule IS NULL AND g.settled IS NOT NULL THEN g.settled
             ELSE t.status END,
         queued_for = CASE WHEN take.id IS NOT NULL THEN NULL ELSE t.queued_for END,

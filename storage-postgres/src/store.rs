@@ -14,13 +14,13 @@ use tickwheel::store::{
     FinishOutcome, MAX_PAGE, Recovered, TaskPage,
 };
 use tickwheel::{
-    Error, Execution, ExecutionId, ExecutionStatus, Policy, Store, Task, TaskId, TaskPatch,
-    TaskStatus, Trigger,
+    Error, Execution, ExecutionId, ExecutionStatus, Overlap, Policy, Store, Task, TaskId,
+    TaskPatch, TaskStatus, Trigger,
 };
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::error::{db_err, is_retryable_race};
+use crate::error::{db_err, is_retryable_race, is_unique_violation};
 use crate::feed::{self, Feed};
 use crate::rows::{
     check_task, check_text, execution_from_row, i32_of, i64_of, micros, stored_execution,
@@ -434,10 +434,21 @@ impl Inner {
             a.push(i32::try_from(i + 1).unwrap_or(i32::MAX), c)?;
         }
         let (retention, trim_at) = self.retention_args();
+        let all_scheduled = claims
+            .iter()
+            .all(|c| matches!(c.kind, ClaimKind::Scheduled { .. }));
         let mut attempt = 0;
+        let mut careful = false;
         let rows = loop {
             attempt += 1;
-            let result = sqlx::query(&self.sql.claim)
+            let sql = if careful {
+                &self.sql.claim_careful
+            } else if all_scheduled {
+                &self.sql.claim_skip_locked
+            } else {
+                &self.sql.claim
+            };
+            let result = sqlx::query(sql)
                 .bind(&a.task_id)
                 .bind(&a.kind)
                 .bind(&a.exp_next)
@@ -464,6 +475,7 @@ impl Inner {
                 .await;
             match result {
                 Ok(rows) => break rows,
+                Err(e) if !careful && is_unique_violation(&e) => careful = true,
                 Err(e) if attempt < RACE_ATTEMPTS && is_retryable_race(&e) => continue,
                 Err(e) => return Err(db_err(e)),
             }
@@ -520,11 +532,11 @@ fn rounds(claims: Vec<Claim>) -> Vec<Vec<(usize, Claim)>> {
 }
 
 impl crate::PgStore {
-    /// Inserts many tasks at once (one statement per 5,000) and sends one
+    /// Inserts many tasks at once and sends one
     /// [`Change::Resync`](tickwheel::store::Change::Resync) at the end: the
-    /// bulk path for loading large task sets. Each task is checked as
-    /// [`Store::create_task`] does; the whole call is one transaction, so a
-    /// duplicate id fails it all with [`Error::Conflict`].
+    /// bulk path for loading large task sets. The tasks stream in through
+    /// `COPY … FROM STDIN` in one transaction, so a duplicate id fails the
+    /// whole call. Each task is checked as [`Store::create_task`] does.
     ///
     /// # Errors
     ///
@@ -537,66 +549,28 @@ impl crate::PgStore {
             check_task(t)?;
         }
         let mut tx = inner.pool.begin().await.map_err(db_err)?;
-        for chunk in tasks.chunks(5_000) {
-            let col = |f: &dyn Fn(&Task) -> String| chunk.iter().map(f).collect::<Vec<_>>();
-            let opt = |f: &dyn Fn(&Task) -> Option<String>| chunk.iter().map(f).collect::<Vec<_>>();
-            let ts = |f: &dyn Fn(&Task) -> Option<DateTime<Utc>>| {
-                chunk.iter().map(f).collect::<Vec<_>>()
-            };
-            let mut max_retries = Vec::with_capacity(chunk.len());
-            let mut backoff = Vec::with_capacity(chunk.len());
-            let mut timeout = Vec::with_capacity(chunk.len());
-            let mut jitter = Vec::with_capacity(chunk.len());
-            let mut version = Vec::with_capacity(chunk.len());
-            for t in chunk {
-                max_retries.push(i32_of(t.policy.max_retries, "policy.max_retries")?);
-                backoff.push(i64_of(
-                    t.policy.retry_backoff_ms,
-                    "policy.retry_backoff_ms",
-                )?);
-                timeout.push(
-                    t.policy
-                        .timeout_ms
-                        .map(|v| i64_of(v, "policy.timeout_ms"))
-                        .transpose()?,
-                );
-                jitter.push(i64_of(t.policy.jitter_ms, "policy.jitter_ms")?);
-                version.push(i64_of(t.version, "version")?);
+        let mut copy = tx
+            .copy_in_raw(&inner.sql.copy_tasks)
+            .await
+            .map_err(db_err)?;
+        let mut buf = String::with_capacity(1 << 20);
+        for t in &tasks {
+            copy_row(&mut buf, t)?;
+            if buf.len() >= 1 << 20 {
+                if let Err(e) = copy.send(buf.as_bytes()).await {
+                    let _ = copy.abort("send failed").await;
+                    return Err(db_err(e));
+                }
+                buf.clear();
             }
-            sqlx::query(&inner.sql.insert_tasks)
-                .bind(chunk.iter().map(|t| t.id.as_uuid()).collect::<Vec<_>>())
-                .bind(col(&|t| t.tenant.clone()))
-                .bind(col(&|t| t.name.clone()))
-                .bind(col(&|t| t.description.clone()))
-                .bind(col(&|t| t.agent.clone()))
-                .bind(col(&|t| t.prompt.clone()))
-                .bind(opt(&|t| t.schedule.clone()))
-                .bind(ts(&|t| t.run_at))
-                .bind(col(&|t| t.timezone.clone()))
-                .bind(chunk.iter().map(|t| t.enabled).collect::<Vec<_>>())
-                .bind(col(&|t| text_of(&t.status)))
-                .bind(opt(&|t| t.channel_id.clone()))
-                .bind(opt(&|t| {
-                    t.notification.as_ref().map(|n| text_of(&n.method))
-                }))
-                .bind(opt(&|t| {
-                    t.notification.as_ref().map(|n| n.destination.clone())
-                }))
-                .bind(col(&|t| text_of(&t.policy.misfire)))
-                .bind(col(&|t| text_of(&t.policy.overlap)))
-                .bind(max_retries)
-                .bind(backoff)
-                .bind(timeout)
-                .bind(jitter)
-                .bind(ts(&|t| t.last_run))
-                .bind(ts(&|t| t.next_run))
-                .bind(chunk.iter().map(|t| t.created_at).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|t| t.updated_at).collect::<Vec<_>>())
-                .bind(version)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
         }
+        if !buf.is_empty()
+            && let Err(e) = copy.send(buf.as_bytes()).await
+        {
+            let _ = copy.abort("send failed").await;
+            return Err(db_err(e));
+        }
+        copy.finish().await.map_err(db_err)?;
         sqlx::query(&inner.sql.notify)
             .bind(inner.feed.channel())
             .bind(feed::resync())
@@ -606,6 +580,93 @@ impl crate::PgStore {
         tx.commit().await.map_err(db_err)?;
         Ok(tasks)
     }
+}
+
+/// Appends one task as a line of `COPY` text format, columns in
+/// `TASK_COLUMNS` order.
+fn copy_row(buf: &mut String, t: &Task) -> Result<(), Error> {
+    use std::fmt::Write;
+
+    fn text(buf: &mut String, value: &str) {
+        for c in value.chars() {
+            match c {
+                '\\' => buf.push_str("\\\\"),
+                '\n' => buf.push_str("\\n"),
+                '\r' => buf.push_str("\\r"),
+                '\t' => buf.push_str("\\t"),
+                c => buf.push(c),
+            }
+        }
+    }
+    fn opt_text(buf: &mut String, value: Option<&str>) {
+        match value {
+            Some(v) => text(buf, v),
+            None => buf.push_str("\\N"),
+        }
+    }
+    fn time(buf: &mut String, value: Option<DateTime<Utc>>) {
+        match value {
+            Some(v) => buf.push_str(&v.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            None => buf.push_str("\\N"),
+        }
+    }
+    let (method, destination) = match &t.notification {
+        Some(n) => (Some(text_of(&n.method)), Some(n.destination.as_str())),
+        None => (None, None),
+    };
+    // Writing to a String cannot fail.
+    let _ = write!(buf, "{}\t", t.id);
+    text(buf, &t.tenant);
+    buf.push('\t');
+    text(buf, &t.name);
+    buf.push('\t');
+    text(buf, &t.description);
+    buf.push('\t');
+    text(buf, &t.agent);
+    buf.push('\t');
+    text(buf, &t.prompt);
+    buf.push('\t');
+    opt_text(buf, t.schedule.as_deref());
+    buf.push('\t');
+    time(buf, t.run_at);
+    buf.push('\t');
+    text(buf, &t.timezone);
+    buf.push_str(if t.enabled { "\tt\t" } else { "\tf\t" });
+    text(buf, &text_of(&t.status));
+    buf.push('\t');
+    opt_text(buf, t.channel_id.as_deref());
+    buf.push('\t');
+    opt_text(buf, method.as_deref());
+    buf.push('\t');
+    opt_text(buf, destination);
+    let _ = write!(
+        buf,
+        "\t{}\t{}\t{}\t{}\t",
+        text_of(&t.policy.misfire),
+        text_of(&t.policy.overlap),
+        i32_of(t.policy.max_retries, "policy.max_retries")?,
+        i64_of(t.policy.retry_backoff_ms, "policy.retry_backoff_ms")?,
+    );
+    match t.policy.timeout_ms {
+        Some(ms) => {
+            let _ = write!(buf, "{}", i64_of(ms, "policy.timeout_ms")?);
+        }
+        None => buf.push_str("\\N"),
+    }
+    let _ = write!(
+        buf,
+        "\t{}\t",
+        i64_of(t.policy.jitter_ms, "policy.jitter_ms")?
+    );
+    time(buf, t.last_run);
+    buf.push('\t');
+    time(buf, t.next_run);
+    buf.push('\t');
+    time(buf, Some(t.created_at));
+    buf.push('\t');
+    time(buf, Some(t.updated_at));
+    let _ = writeln!(buf, "\t{}", i64_of(t.version, "version")?);
+    Ok(())
 }
 
 #[async_trait]
@@ -728,6 +789,28 @@ impl Store for crate::PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        // Running ids are kept only for policies other than `allow`: a task
+        // leaving `allow` learns them from its executions (locked, so a
+        // finish in flight either commits first or waits for us).
+        let was_allow = old.policy.overlap == Overlap::Allow;
+        let is_allow = t.policy.overlap == Overlap::Allow;
+        if was_allow != is_allow {
+            let running: Vec<Uuid> = if is_allow {
+                Vec::new()
+            } else {
+                sqlx::query_scalar(&inner.sql.running_of)
+                    .bind(t.id.as_uuid())
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)?
+            };
+            sqlx::query(&inner.sql.set_running)
+                .bind(t.id.as_uuid())
+                .bind(&running)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         sqlx::query(&inner.sql.notify)
             .bind(inner.feed.channel())
             .bind(upsert_payload(t))
@@ -896,14 +979,23 @@ impl Store for crate::PgStore {
             .fetch_all(&inner.pool)
             .await
             .map_err(db_err)?;
-        if expired.is_empty() {
+        // Queued occurrences with nothing left running: a finish that raced
+        // with a change of the task's overlap policy may have missed one.
+        let stuck: Vec<Uuid> = sqlx::query_scalar(&inner.sql.stuck_queues)
+            .bind(limit(n))
+            .fetch_all(&inner.pool)
+            .await
+            .map_err(db_err)?;
+        if expired.is_empty() && stuck.is_empty() {
             return Ok(Recovered::default());
         }
+        let mut candidates = expired;
+        candidates.extend(&stuck);
         let mut tx = inner.pool.begin().await.map_err(db_err)?;
         // Tasks another recoverer (or a claim) holds are left for the next
         // round: their expired executions are being taken care of.
         let locked = sqlx::query(&inner.sql.lock_tasks_skip_locked)
-            .bind(&expired)
+            .bind(&candidates)
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -975,12 +1067,23 @@ impl Store for crate::PgStore {
                 .await
                 .map_err(db_err)?;
         }
-        let touched: std::collections::HashSet<Uuid> =
-            out.abandoned.iter().map(|e| e.task_id.as_uuid()).collect();
+        let touched: std::collections::HashSet<Uuid> = out
+            .abandoned
+            .iter()
+            .map(|e| e.task_id.as_uuid())
+            .chain(stuck.iter().copied().filter(|id| tasks.contains_key(id)))
+            .collect();
         for id in touched {
             let Some(task) = tasks.get_mut(&id) else {
                 continue;
             };
+            // Under the task's lock, in a statement of its own: the ids of
+            // executions that still run.
+            task.running = sqlx::query_scalar(&inner.sql.live_running)
+                .bind(&task.running)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?;
             let mut took_queue = false;
             let mut added = 0i64;
             if let (Some(at), true) = (task.queued_for, task.running.is_empty()) {

@@ -408,3 +408,134 @@ async fn bad_urls_and_schemas_are_invalid_and_a_dead_server_is_unavailable() {
         "{refused:?}"
     );
 }
+
+/// A task switched from `allow` (whose running ids are not kept) to
+/// `queue_one` while two runs are in flight still queues behind them, and
+/// the queued occurrence starts when the last of them finishes — also when
+/// both finish at once (one batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_keeps_overlap_exact() {
+    let Some(url) = common::server_url("a_policy_change_keeps_overlap_exact") else {
+        return;
+    };
+    let store = pg(&url).await;
+    let t0 = tickwheel::store::conformance::t0();
+    let task = NewTask::cron("switch", "agent", "* * * * *")
+        .validate("switch", t0)
+        .expect("valid");
+    let task = store.create_task(task).await.expect("create");
+    let started = |o: ClaimOutcome| match o {
+        ClaimOutcome::Started(e) => e,
+        other => panic!("expected Started, got {other:?}"),
+    };
+    let a = started(
+        store
+            .claim(vec![scheduled(&task, 60, 120, 60, &[])])
+            .await
+            .expect("claim")
+            .remove(0),
+    );
+    let b = started(
+        store
+            .claim(vec![manual(&task, 61)])
+            .await
+            .expect("claim")
+            .remove(0),
+    );
+    let patch = TaskPatch {
+        policy: Some(Policy {
+            overlap: Overlap::QueueOne,
+            ..Policy::default()
+        }),
+        ..TaskPatch::default()
+    };
+    let task = store
+        .update_task("switch", task.id, &patch, None, at(62))
+        .await
+        .expect("update");
+    let out = store
+        .claim(vec![scheduled(&task, 120, 180, 120, &[])])
+        .await
+        .expect("claim")
+        .remove(0);
+    assert!(matches!(out, ClaimOutcome::Queued), "{out:?}");
+    let (fa, fb) = tokio::join!(
+        store.finish(finish(&a, ExecutionStatus::Succeeded, 130, None)),
+        store.finish(finish(&b, ExecutionStatus::Succeeded, 131, None)),
+    );
+    let started: Vec<Execution> = [fa.expect("finish a"), fb.expect("finish b")]
+        .into_iter()
+        .filter_map(|o| o.started)
+        .collect();
+    assert_eq!(started.len(), 1, "the queued occurrence starts once");
+    assert_eq!(started[0].scheduled_for, at(120));
+    // With it running, the next occurrence queues again.
+    let task = store.get_task("switch", task.id).await.expect("get");
+    let out = store
+        .claim(vec![scheduled(&task, 180, 240, 180, &[])])
+        .await
+        .expect("claim")
+        .remove(0);
+    assert!(matches!(out, ClaimOutcome::Queued), "{out:?}");
+}
+
+/// The bulk path stores tasks exactly as `create_task` does (strings with
+/// every character COPY escapes, all fields), refuses a duplicate id as a
+/// whole, and tells subscribers to rescan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_create_is_faithful_and_atomic() {
+    let Some(url) = common::server_url("bulk_create_is_faithful_and_atomic") else {
+        return;
+    };
+    let store = pg(&url).await;
+    let mut feed = store.subscribe().await.expect("subscribe");
+    let tricky = "tab\there\\back\\slash\nnew\rline \\N \\. '\"; -- é 🦀 \u{1}";
+    let now = Utc::now();
+    let mut plain = NewTask::once("once", "agent", now + chrono::TimeDelta::hours(1));
+    plain.enabled = Some(false);
+    let mut rich = NewTask::cron(tricky, tricky, "*/5 * * * *");
+    rich.description = Some(tricky.into());
+    rich.prompt = Some(tricky.into());
+    rich.channel_id = Some("#x\\y".into());
+    rich.notification = Some(Notification {
+        method: NotificationMethod::Http,
+        destination: format!("https://example.com/{tricky}"),
+    });
+    rich.policy = Some(Policy {
+        timeout_ms: Some(5),
+        jitter_ms: 7,
+        ..Policy::default()
+    });
+    let tasks = vec![
+        plain.validate("bulk", now).expect("valid"),
+        rich.validate("bulk", now).expect("valid"),
+    ];
+    let created = store.create_tasks(tasks.clone()).await.expect("bulk");
+    for t in &created {
+        assert_eq!(&store.get_task("bulk", t.id).await.expect("get"), t);
+    }
+    let resync = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if feed.next().await == Some(tickwheel::store::Change::Resync) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(resync.is_ok(), "a bulk insert asks subscribers to rescan");
+
+    let fresh = NewTask::cron("fresh", "a", "* * * * *")
+        .validate("bulk", now)
+        .expect("valid");
+    let again = store
+        .create_tasks(vec![fresh.clone(), tasks[0].clone()])
+        .await;
+    assert!(matches!(again, Err(Error::Conflict { .. })), "{again:?}");
+    assert!(
+        matches!(
+            store.get_task("bulk", fresh.id).await,
+            Err(Error::NotFound { .. })
+        ),
+        "nothing of a failed bulk insert stays"
+    );
+}
