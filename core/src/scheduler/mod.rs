@@ -178,9 +178,11 @@ impl SchedulerBuilder {
         let engine = engine::Engine::new(shared.clone(), commands_rx);
         let handle = tokio::spawn(engine.run());
         Scheduler {
-            shared,
-            commands: commands_tx,
-            handle,
+            handle: SchedulerHandle {
+                shared,
+                commands: commands_tx,
+            },
+            engine: handle,
         }
     }
 }
@@ -190,9 +192,8 @@ impl SchedulerBuilder {
 /// them.
 #[derive(Debug)]
 pub struct Scheduler {
-    shared: Arc<Shared>,
-    commands: mpsc::Sender<engine::Command>,
-    handle: JoinHandle<()>,
+    handle: SchedulerHandle,
+    engine: JoinHandle<()>,
 }
 
 /// A cloneable handle to a running [`Scheduler`], from
@@ -225,17 +226,14 @@ impl SchedulerHandle {
     /// write through this process): it is rescheduled within milliseconds,
     /// without waiting for the change feed.
     pub async fn refresh(&self, tenant: &str, task_id: TaskId) {
-        refresh(&self.commands, tenant, task_id).await;
+        let _ = self
+            .commands
+            .send(engine::Command::Refresh {
+                tenant: tenant.to_owned(),
+                task_id,
+            })
+            .await;
     }
-}
-
-async fn refresh(commands: &mpsc::Sender<engine::Command>, tenant: &str, task_id: TaskId) {
-    let _ = commands
-        .send(engine::Command::Refresh {
-            tenant: tenant.to_owned(),
-            task_id,
-        })
-        .await;
 }
 
 /// What [`Scheduler::shutdown`] did.
@@ -257,15 +255,12 @@ impl Scheduler {
     /// A cloneable handle for the parts of the scheduler that other
     /// components (an HTTP adapter, say) call while it runs.
     pub fn handle(&self) -> SchedulerHandle {
-        SchedulerHandle {
-            shared: self.shared.clone(),
-            commands: self.commands.clone(),
-        }
+        self.handle.clone()
     }
 
     /// This scheduler's node id.
     pub fn node_id(&self) -> &str {
-        &self.shared.config.node
+        self.handle.node_id()
     }
 
     /// Runs a task now; see [`SchedulerHandle::trigger_now`].
@@ -274,12 +269,12 @@ impl Scheduler {
     ///
     /// As [`SchedulerHandle::trigger_now`].
     pub async fn trigger_now(&self, tenant: &str, task_id: TaskId) -> Result<ClaimOutcome, Error> {
-        self.shared.trigger_now(tenant, task_id).await
+        self.handle.trigger_now(tenant, task_id).await
     }
 
     /// Asks the engine to look at a task now; see [`SchedulerHandle::refresh`].
     pub async fn refresh(&self, tenant: &str, task_id: TaskId) {
-        refresh(&self.commands, tenant, task_id).await;
+        self.handle.refresh(tenant, task_id).await;
     }
 
     /// Stops claiming, waits up to `deadline` for runs in flight, then
@@ -292,6 +287,7 @@ impl Scheduler {
     pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
         let (tx, rx) = oneshot::channel();
         let report = if self
+            .handle
             .commands
             .send(engine::Command::Shutdown {
                 deadline,
@@ -304,13 +300,13 @@ impl Scheduler {
         } else {
             ShutdownReport::default()
         };
-        let _ = self.handle.await;
+        let _ = self.engine.await;
         report
     }
 
     /// Runs in flight on this scheduler.
     pub fn running(&self) -> usize {
-        self.shared.running_count()
+        self.handle.shared.running_count()
     }
 }
 
