@@ -47,6 +47,8 @@ use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
 
+/// How long the server waits at start for a store that is unavailable.
+const STORE_PATIENCE: Duration = Duration::from_secs(60);
 /// How long running tasks get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Longest wait for a notification POST (a task's own timeout can cut it
@@ -64,7 +66,7 @@ async fn main() -> Result<()> {
         .init();
 
     let bind = env("TICKWHEEL_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned());
-    let store = open_store(env("TICKWHEEL_STORE").as_deref().unwrap_or("memory")).await?;
+    let store = open_store_patiently(env("TICKWHEEL_STORE").as_deref().unwrap_or("memory")).await?;
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .with_context(|| format!("binding {bind}"))?;
@@ -128,6 +130,32 @@ async fn main() -> Result<()> {
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// [`open_store`], retried with backoff for up to a minute while the store
+/// is unavailable (starting, restarting, loading its data): a service that
+/// starts next to its database should wait for it, not exit. Other errors
+/// (a bad URL, a failed migration) end the start at once.
+async fn open_store_patiently(url: &str) -> Result<Arc<dyn Store>> {
+    let deadline = std::time::Instant::now() + STORE_PATIENCE;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match open_store(url).await {
+            Ok(store) => return Ok(store),
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && e.chain().any(|c| {
+                        c.downcast_ref::<tickwheel::Error>()
+                            .is_some_and(tickwheel::Error::is_transient)
+                    }) =>
+            {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "store unavailable at start; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// `memory`, `postgres://…` (migrations applied on connect) or `redis://…`
