@@ -540,18 +540,10 @@ impl TaskPatch {
     pub fn apply(&self, task: &Task, now: DateTime<Utc>) -> Result<Task, Error> {
         let mut next = task.clone();
         let p = self.clone();
-        if let Some(v) = p.name {
-            next.name = v;
-        }
-        if let Some(v) = p.description {
-            next.description = v;
-        }
-        if let Some(v) = p.agent {
-            next.agent = v;
-        }
-        if let Some(v) = p.prompt {
-            next.prompt = v;
-        }
+        set(&mut next.name, p.name);
+        set(&mut next.description, p.description);
+        set(&mut next.agent, p.agent);
+        set(&mut next.prompt, p.prompt);
         // Giving one of schedule / run_at switches the task's kind.
         match (p.schedule, p.run_at) {
             (Some(Some(s)), None) => {
@@ -563,29 +555,15 @@ impl TaskPatch {
                 next.schedule = None;
             }
             (s, r) => {
-                if let Some(s) = s {
-                    next.schedule = s;
-                }
-                if let Some(r) = r {
-                    next.run_at = r;
-                }
+                set(&mut next.schedule, s);
+                set(&mut next.run_at, r);
             }
         }
-        if let Some(v) = p.timezone {
-            next.timezone = v;
-        }
-        if let Some(v) = p.enabled {
-            next.enabled = v;
-        }
-        if let Some(v) = p.channel_id {
-            next.channel_id = v;
-        }
-        if let Some(v) = p.notification {
-            next.notification = v;
-        }
-        if let Some(v) = p.policy {
-            next.policy = v;
-        }
+        set(&mut next.timezone, p.timezone);
+        set(&mut next.enabled, p.enabled);
+        set(&mut next.channel_id, p.channel_id);
+        set(&mut next.notification, p.notification);
+        set(&mut next.policy, p.policy);
         check_fields(&next)?;
         let schedule = next.compiled_schedule()?;
         let timing_changed = next.schedule != task.schedule
@@ -607,6 +585,13 @@ impl TaskPatch {
         next.version = task.version + 1;
         next.updated_at = now;
         Ok(next)
+    }
+}
+
+/// Overwrites `slot` with a given patch value.
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
     }
 }
 

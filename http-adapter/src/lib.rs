@@ -29,8 +29,10 @@
 //! - The OpenAPI document is public (no key needed): it describes the API,
 //!   not anyone's data.
 //! - `PUT` merges `policy` field by field; `null` clears nullable fields.
-//!   Without a `version` (or `If-Match`), it applies to the current version
-//!   and retries a few times if another writer got in between.
+//!   Without a `version` (or `If-Match`), the other fields apply atomically
+//!   to the task as it is; a `policy` change reads the current policy,
+//!   writes on that version, and retries a few times if another writer got
+//!   in between.
 //! - `POST …/run` needs a scheduler in this process (503 otherwise).
 //! - Another tenant's task and a malformed id are the same 404 as an
 //!   unknown id.
