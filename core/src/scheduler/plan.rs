@@ -62,24 +62,34 @@ pub(crate) fn plan(
             missed: Vec::new(),
         };
     }
-    // The passed occurrences, oldest first: `at`, then the ones up to `now`.
+    // The passed occurrences, oldest first: `at`, then the ones whose
+    // jittered instant is not after `now`. An occurrence whose time has come
+    // but whose jittered instant has not is still ahead, so it is neither
+    // run early nor skipped.
     let passed = std::iter::once(at)
-        .chain(schedule.upcoming(at).take_while(|t| *t <= now))
+        .chain(
+            schedule
+                .upcoming(at)
+                .take_while(|t| *t + policy.jitter(task, *t) <= now),
+        )
         .take(MAX_WALK);
     match policy.misfire {
         Misfire::FireOnce => {
             let latest = passed.last().unwrap_or(at);
             Plan {
                 run: Some((latest, Trigger::CatchUp)),
-                next_run: schedule.next_after(now.max(latest)),
+                next_run: schedule.next_after(latest),
                 missed: Vec::new(),
             }
         }
-        Misfire::Skip => Plan {
-            run: None,
-            next_run: schedule.next_after(now),
-            missed: newest(passed, MAX_CATCH_UP),
-        },
+        Misfire::Skip => {
+            let missed = newest(passed, MAX_CATCH_UP);
+            Plan {
+                run: None,
+                next_run: schedule.next_after(missed.last().copied().unwrap_or(at)),
+                missed,
+            }
+        }
         Misfire::CatchUp => {
             // Run from the 100th newest passed occurrence (the oldest, if
             // fewer passed); record the ones before it.
@@ -250,6 +260,46 @@ mod tests {
             "offsets spread: {} distinct",
             distinct.len()
         );
+    }
+
+    /// Found under load: a late task with jitter ran, and skipped past, an
+    /// occurrence whose time had come but whose jittered instant had not.
+    #[test]
+    fn late_runs_never_start_an_occurrence_before_its_jittered_instant() {
+        let s = Schedule::parse("* * * * * *", "UTC").unwrap();
+        let start = at("2030-01-01T00:00:00Z");
+        for m in [Misfire::FireOnce, Misfire::Skip, Misfire::CatchUp] {
+            let p = Policy {
+                jitter_ms: 1000,
+                misfire: m,
+                ..Policy::default()
+            };
+            for i in 0..200 {
+                let id = TaskId::new();
+                let now = start + Duration::milliseconds(10_000 + i * 37);
+                let plan = plan(&s, &p, id, start, now, GRACE);
+                if let Some((run, _)) = plan.run {
+                    assert!(run + p.jitter(id, run) <= now, "{m:?}: ran {run} early");
+                }
+                for missed in &plan.missed {
+                    assert!(*missed + p.jitter(id, *missed) <= now, "{m:?}: {missed} not due");
+                }
+                // Nothing due is jumped over: the occurrence after the last
+                // one run or recorded is the new next_run, and it is ahead.
+                let last = plan
+                    .missed
+                    .iter()
+                    .chain(plan.run.iter().map(|(t, _)| t))
+                    .max()
+                    .copied()
+                    .unwrap();
+                let next = plan.next_run.unwrap();
+                assert_eq!(Some(next), s.next_after(last), "{m:?}");
+                if m != Misfire::CatchUp {
+                    assert!(next + p.jitter(id, next) > now, "{m:?}: {next} is due");
+                }
+            }
+        }
     }
 
     #[test]
