@@ -4,7 +4,7 @@
 //! only when a test advances the clock, and results are awaited with
 //! timeouts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -529,6 +529,8 @@ async fn two_schedulers_start_each_occurrence_once() {
 struct Flaky {
     inner: MemoryStore,
     down: AtomicBool,
+    /// Fail only claims (a node that heartbeats but cannot do its work).
+    claims_down: AtomicBool,
 }
 
 impl Flaky {
@@ -594,6 +596,12 @@ impl Store for Flaky {
     }
     async fn claim(&self, claims: Vec<Claim>) -> Result<Vec<ClaimOutcome>, Error> {
         self.check()?;
+        if self.claims_down.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable {
+                backend: "flaky",
+                source: "claims fail".into(),
+            });
+        }
         self.inner.claim(claims).await
     }
     async fn renew_lease(
@@ -634,6 +642,19 @@ impl Store for Flaky {
         self.check()?;
         self.inner.subscribe().await
     }
+    async fn heartbeat(
+        &self,
+        node: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<String>, Error> {
+        self.check()?;
+        self.inner.heartbeat(node, now, until).await
+    }
+    async fn leave(&self, node: &str) -> Result<(), Error> {
+        self.check()?;
+        self.inner.leave(node).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -641,6 +662,7 @@ async fn a_store_outage_delays_runs_but_loses_none() {
     let flaky = Arc::new(Flaky {
         inner: MemoryStore::new(),
         down: AtomicBool::new(false),
+        claims_down: AtomicBool::new(false),
     });
     let task = create(flaky.as_ref(), "* * * * * *", Policy::default()).await;
     let clock = ManualClock::new(t0());
@@ -682,4 +704,101 @@ async fn a_store_outage_delays_runs_but_loses_none() {
         "both late occurrences ran"
     );
     scheduler.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Affinity: two schedulers split the tasks (each task runs on one node).
+/// When one can no longer claim but still heartbeats, the other claims its
+/// occurrences once they are `takeover_after` late; when it stops
+/// heartbeating too, the other owns its tasks. None lost, none run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_has_its_tasks_taken_over() {
+    const TASKS: usize = 200;
+    let store = MemoryStore::with_retention(1000);
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        tasks.push(create(&store, "* * * * * *", Policy::default()).await);
+    }
+    let flaky_b = Arc::new(Flaky {
+        inner: store.clone(),
+        down: AtomicBool::new(false),
+        claims_down: AtomicBool::new(false),
+    });
+    let clock = ManualClock::new(t0());
+    let (_probe_a, exec_a) = Probe::new(Mode::Succeed);
+    let (_probe_b, exec_b) = Probe::new(Mode::Succeed);
+    let a = start(Arc::new(store.clone()), &clock, exec_a, "a");
+    let b = start(flaky_b.clone(), &clock, exec_b, "b");
+    // Every occurrence up to `upto` has run and been recorded.
+    let ran_upto = |upto: i64| {
+        let (store, tasks) = (&store, &tasks);
+        async move {
+            for task in tasks {
+                let done = history(store, task)
+                    .await
+                    .iter()
+                    .filter(|e| e.scheduled_for <= t0() + secs(upto) && e.status.is_final())
+                    .count();
+                if done < upto as usize {
+                    return false;
+                }
+            }
+            true
+        }
+    };
+    for second in 1..=10 {
+        clock.set(t0() + secs(second));
+        eventually(&format!("runs up to second {second}"), || ran_upto(second)).await;
+    }
+    // Once both had heartbeated (second 1), each task ran on one node.
+    let mut owned = HashMap::<String, usize>::new();
+    for task in &tasks {
+        let nodes: HashSet<String> = history(&store, task)
+            .await
+            .into_iter()
+            .filter(|e| e.scheduled_for >= t0() + secs(3))
+            .map(|e| e.node)
+            .collect();
+        assert_eq!(nodes.len(), 1, "task {} ran on {nodes:?}", task.id);
+        *owned.entry(nodes.into_iter().next().unwrap()).or_default() += 1;
+    }
+    assert_eq!(owned.len(), 2, "both nodes own tasks: {owned:?}");
+    // `b` cannot claim but stays a member: `a` claims b's occurrences once
+    // they are 2 s late (the overdue scan).
+    flaky_b.claims_down.store(true, Ordering::SeqCst);
+    for second in 11..=20 {
+        clock.set(t0() + secs(second));
+        let upto = second - 3;
+        eventually(&format!("runs up to second {upto}"), || ran_upto(upto)).await;
+    }
+    let mut taken = 0;
+    for task in &tasks {
+        taken += history(&store, task)
+            .await
+            .iter()
+            .filter(|e| e.scheduled_for == t0() + secs(15) && e.node == "a")
+            .count();
+    }
+    assert_eq!(taken, TASKS, "a ran every task's occurrence of second 15");
+    // `b` loses the store altogether: its heartbeat expires, `a` owns all.
+    flaky_b.down.store(true, Ordering::SeqCst);
+    for second in 21..=30 {
+        clock.set(t0() + secs(second));
+        let upto = second - 3;
+        eventually(&format!("runs up to second {upto}"), || ran_upto(upto)).await;
+    }
+    clock.set(t0() + secs(35));
+    eventually("runs up to second 30", || ran_upto(30)).await;
+    a.shutdown(Duration::from_secs(5)).await;
+    b.shutdown(Duration::from_secs(5)).await;
+    for task in &tasks {
+        let mut times: Vec<_> = history(&store, task)
+            .await
+            .iter()
+            .filter(|e| e.scheduled_for <= t0() + secs(30))
+            .map(|e| e.scheduled_for)
+            .collect();
+        times.sort();
+        let expected: Vec<_> = (1..=30).map(|s| t0() + secs(s)).collect();
+        assert_eq!(times, expected, "each occurrence once, task={}", task.id);
+    }
 }

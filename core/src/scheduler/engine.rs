@@ -53,13 +53,28 @@ enum Due {
     },
 }
 
+/// What a due scan is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScanKind {
+    /// Everything up to the horizon (start, resync, every `full_scan_every`).
+    Full,
+    /// The slice that entered the look-ahead window since the last scan.
+    Refill,
+    /// Occurrences late by `takeover_after` (affinity: their owner did not
+    /// claim them).
+    Overdue,
+}
+
 /// A due scan in progress.
 #[derive(Debug, Clone, Copy)]
 struct Scan {
     after: Option<(DateTime<Utc>, TaskId)>,
     horizon: DateTime<Utc>,
-    full: bool,
+    kind: ScanKind,
 }
+
+/// How often the overdue scan runs while several nodes share the work.
+const OVERDUE_SCAN_EVERY: TimeDelta = TimeDelta::seconds(1);
 
 #[derive(Debug)]
 struct Tracked {
@@ -84,6 +99,7 @@ pub(crate) struct Engine {
     feed: Option<ChangeFeed>,
     next_refill: DateTime<Utc>,
     next_full_scan: DateTime<Utc>,
+    next_overdue_scan: DateTime<Utc>,
     full_scan_pending: bool,
     backoff: Duration,
     backoff_until: Option<DateTime<Utc>>,
@@ -121,6 +137,7 @@ impl Engine {
             feed: None,
             next_refill: now,
             next_full_scan: now,
+            next_overdue_scan: now,
             full_scan_pending: true,
             backoff: BACKOFF_MIN,
             backoff_until: None,
@@ -139,6 +156,13 @@ impl Engine {
                 .keep_leases(self.stop_helpers.child_token()),
         );
         tokio::spawn(self.shared.clone().recover(self.stop_helpers.child_token()));
+        if self.shared.config.affinity {
+            tokio::spawn(
+                self.shared
+                    .clone()
+                    .keep_membership(self.stop_helpers.child_token()),
+            );
+        }
         // The pending wait, kept across iterations while its deadline holds.
         let mut sleep: Option<(DateTime<Utc>, crate::SleepFuture)> = None;
         let shutdown = loop {
@@ -195,6 +219,9 @@ impl Engine {
     /// The next moment the loop has something to do.
     fn wake_time(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         let mut wake = self.next_refill.min(self.next_full_scan);
+        if self.shared.members().is_split() {
+            wake = wake.min(self.next_overdue_scan);
+        }
         if let Some(until) = self.backoff_until {
             wake = wake.min(until);
         } else if self.scan.is_some()
@@ -237,7 +264,8 @@ impl Engine {
     /// Starts a due scan if one is due: a full one (everything up to the
     /// horizon) at start, on `Resync` and every `full_scan_every`; otherwise
     /// an incremental one over the slice that entered the look-ahead window
-    /// since the last scan.
+    /// since the last scan; otherwise, while several nodes share the work,
+    /// one for occurrences their owners left late.
     fn plan_scan(&mut self, now: DateTime<Utc>) {
         if self.scan.is_some() {
             return;
@@ -247,13 +275,19 @@ impl Engine {
             self.scan = Some(Scan {
                 after: None,
                 horizon,
-                full: true,
+                kind: ScanKind::Full,
             });
         } else if now >= self.next_refill {
             self.scan = Some(Scan {
                 after: self.watermark,
                 horizon,
-                full: false,
+                kind: ScanKind::Refill,
+            });
+        } else if now >= self.next_overdue_scan && self.shared.members().is_split() {
+            self.scan = Some(Scan {
+                after: None,
+                horizon: now - delta(self.shared.config.takeover_after),
+                kind: ScanKind::Overdue,
             });
         }
     }
@@ -264,7 +298,7 @@ impl Engine {
         let Some(scan) = self.scan.as_mut() else {
             return;
         };
-        let (after, horizon, full) = (scan.after, scan.horizon, scan.full);
+        let (after, horizon, kind) = (scan.after, scan.horizon, scan.kind);
         let tasks = match self.shared.store.due_tasks(after, horizon, SCAN_PAGE).await {
             Ok(tasks) => tasks,
             Err(err) => {
@@ -286,6 +320,12 @@ impl Engine {
             }
             return;
         }
+        if kind == ScanKind::Overdue {
+            self.store_recovered();
+            self.scan = None;
+            self.next_overdue_scan = now + OVERDUE_SCAN_EVERY;
+            return;
+        }
         match self.shared.store.due_retries(horizon, SCAN_PAGE).await {
             Ok(failed) => {
                 for e in failed {
@@ -303,7 +343,7 @@ impl Engine {
         // its own claims, lost claims and the change feed).
         self.watermark = Some((horizon, TaskId::from_uuid(uuid::Uuid::max())));
         self.next_refill = now + (self.look_ahead() / 2).max(TimeDelta::milliseconds(500));
-        if full {
+        if kind == ScanKind::Full {
             self.full_scan_pending = false;
             self.next_full_scan = now + delta(self.shared.config.full_scan_every);
         }
@@ -414,6 +454,9 @@ impl Engine {
     async fn claim_ready(&mut self) {
         let node = self.shared.config.node.clone();
         let grace = delta(self.shared.config.grace);
+        let takeover = delta(self.shared.config.takeover_after);
+        let members = self.shared.members();
+        let mut shadows: Vec<(TaskId, Option<DateTime<Utc>>)> = Vec::new();
         while !self.ready.is_empty() {
             // Each batch is stamped with the time it is claimed at.
             let now = self.shared.clock.now();
@@ -438,6 +481,13 @@ impl Engine {
                         let Some(t) = self.tracked.get(id) else {
                             continue;
                         };
+                        if !members.owns(*id)
+                            && now - (t.next_run + t.task.policy.jitter(*id, t.next_run)) < takeover
+                        {
+                            // Its owner claims it: only move our copy on.
+                            shadows.push((*id, t.schedule.next_after(t.next_run)));
+                            continue;
+                        }
                         let p = plan(&t.schedule, &t.task.policy, *id, t.next_run, now, grace);
                         let execution = p.run.map(|(at, trigger)| {
                             Execution::start(&t.task, at, 1, trigger, &node, now, lease_until)
@@ -496,6 +546,9 @@ impl Engine {
             leftover.extend(rest);
             for due in leftover.into_iter().rev() {
                 self.ready.push_front(due);
+            }
+            for (id, next) in shadows.drain(..) {
+                self.advance(id, next, now);
             }
             if claims.is_empty() {
                 continue;
@@ -621,6 +674,11 @@ impl Engine {
 
     async fn shutdown(&mut self, deadline: Duration) -> ShutdownReport {
         self.shared.begin_stopping();
+        if self.shared.config.affinity
+            && let Err(err) = self.shared.store.leave(&self.shared.config.node).await
+        {
+            tracing::warn!(%err, "leaving the membership failed; others take over when it expires");
+        }
         self.shared.permits.close();
         let before = self.shared.running_count();
         let until = self.shared.clock.now() + delta(deadline);

@@ -16,8 +16,19 @@
 //! - A result that cannot be recorded is retried until the execution's lease
 //!   runs out; after that another node has taken it over and the result is
 //!   dropped (fencing), which is what makes the takeover safe.
-//! - Several schedulers on one store race for each occurrence; the store lets
-//!   exactly one start it.
+//! - Several schedulers on one store never start an occurrence twice: the
+//!   store's claim lets exactly one start it.
+//!
+//! # Affinity
+//!
+//! Schedulers sharing a store split the work instead of racing for every
+//! occurrence. Each heartbeats into the store every second; each task has
+//! one owner among the live nodes (rendezvous hashing), which claims it on
+//! time; the others claim it only once it is late by `takeover_after`
+//! (default 2 s). A node that dies costs its tasks about that much
+//! lateness until its heartbeat expires (3 s), then the others own them.
+//! [`SchedulerBuilder::affinity`] turns it off. Details in the source of
+//! `scheduler::affinity`.
 //!
 //! Choices where the specification is silent:
 //! - Runs interrupted by [`Scheduler::shutdown`] are recorded `abandoned`
@@ -28,6 +39,7 @@
 //!   never causes a misfire burst.
 //! - One-time tasks run late whatever their misfire policy.
 
+mod affinity;
 mod engine;
 mod plan;
 mod run;
@@ -96,6 +108,8 @@ pub(crate) struct Config {
     pub(crate) grace: Duration,
     pub(crate) claim_batch: usize,
     pub(crate) full_scan_every: Duration,
+    pub(crate) affinity: bool,
+    pub(crate) takeover_after: Duration,
 }
 
 impl SchedulerBuilder {
@@ -112,6 +126,8 @@ impl SchedulerBuilder {
                 grace: Duration::from_secs(5),
                 claim_batch: 64,
                 full_scan_every: Duration::from_secs(30),
+                affinity: true,
+                takeover_after: Duration::from_secs(2),
             },
         }
     }
@@ -159,6 +175,24 @@ impl SchedulerBuilder {
     /// Most occurrences claimed in one store call (default 64).
     pub fn claim_batch(mut self, n: usize) -> Self {
         self.config.claim_batch = n.max(1);
+        self
+    }
+
+    /// Whether schedulers sharing the store split the claiming of
+    /// occurrences between them (default `true`); see "Affinity" in the
+    /// module docs. With `false` this scheduler claims every occurrence, as
+    /// if alone (and still starts each one exactly once with the others).
+    pub fn affinity(mut self, on: bool) -> Self {
+        self.config.affinity = on;
+        self
+    }
+
+    /// Lateness after which a scheduler claims an occurrence that another
+    /// node owns (default 2 s, at least 100 ms): how long the tasks of a node
+    /// that died wait before the others take them. Keep it under the
+    /// misfire grace, so those runs still count as on time.
+    pub fn takeover_after(mut self, d: Duration) -> Self {
+        self.config.takeover_after = d.max(Duration::from_millis(100));
         self
     }
 

@@ -282,7 +282,10 @@ mod tests {
                     assert!(run + p.jitter(id, run) <= now, "{m:?}: ran {run} early");
                 }
                 for missed in &plan.missed {
-                    assert!(*missed + p.jitter(id, *missed) <= now, "{m:?}: {missed} not due");
+                    assert!(
+                        *missed + p.jitter(id, *missed) <= now,
+                        "{m:?}: {missed} not due"
+                    );
                 }
                 // Nothing due is jumped over: the occurrence after the last
                 // one run or recorded is the new next_run, and it is ahead.

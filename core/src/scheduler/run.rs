@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     idle: Notify,
     /// Signalled when a run gives its permit back.
     pub(crate) permit_freed: Notify,
+    /// The live schedulers, for affinity.
+    pub(crate) members: Mutex<super::affinity::Members>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -87,6 +89,7 @@ impl Shared {
         config: Config,
     ) -> Self {
         let (events, rx) = mpsc::unbounded_channel();
+        let members = Mutex::new(super::affinity::Members::everything(&config.node));
         Self {
             store,
             executor,
@@ -99,6 +102,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             idle: Notify::new(),
             permit_freed: Notify::new(),
+            members,
         }
     }
 

@@ -53,6 +53,7 @@ macro_rules! conformance_tests {
             retention_keeps_the_newest,
             output_is_truncated,
             change_feed_reports_writes,
+            heartbeats_list_the_live_nodes,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -956,4 +957,54 @@ pub async fn change_feed_reports_writes(store: &dyn Store) {
             break;
         }
     }
+}
+
+/// Membership: a heartbeat lists every node alive at `now`, itself
+/// included, sorted; entries expire at their `until`; `leave` removes one.
+pub async fn heartbeats_list_the_live_nodes(store: &dyn Store) {
+    let [a, b, c] = ["a", "b", "c"].map(|n| tenant(&format!("node-{n}")));
+    let now = t0();
+    async fn beat(
+        store: &dyn Store,
+        node: &str,
+        at: DateTime<Utc>,
+        ttl: i64,
+    ) -> Result<Vec<String>, Error> {
+        store.heartbeat(node, at, at + Duration::seconds(ttl)).await
+    }
+    assert_eq!(
+        beat(store, &b, now, 3).await.expect("heartbeat"),
+        [b.clone()]
+    );
+    assert_eq!(
+        beat(store, &a, now, 3).await.expect("heartbeat"),
+        [a.clone(), b.clone()]
+    );
+    // `c` beats with a short lease; a second later it has expired.
+    beat(store, &c, now, 1).await.expect("heartbeat");
+    assert_eq!(
+        beat(store, &a, now + Duration::milliseconds(500), 3)
+            .await
+            .expect("heartbeat"),
+        [a.clone(), b.clone(), c.clone()]
+    );
+    assert_eq!(
+        beat(store, &a, now + Duration::seconds(2), 3)
+            .await
+            .expect("heartbeat"),
+        [a.clone(), b.clone()],
+        "an expired node is not listed"
+    );
+    // A node that comes back is listed again; one that leaves is not.
+    beat(store, &c, now + Duration::seconds(2), 3)
+        .await
+        .expect("heartbeat");
+    store.leave(&b).await.expect("leave");
+    store.leave(&b).await.expect("leaving twice is fine");
+    assert_eq!(
+        beat(store, &a, now + Duration::seconds(2), 3)
+            .await
+            .expect("heartbeat"),
+        [a.clone(), c.clone()]
+    );
 }

@@ -72,6 +72,8 @@ struct Inner {
     /// Running executions and failed ones awaiting a retry.
     live: IdMap<ExecutionId, (TaskId, ExecKey)>,
     retention: usize,
+    /// Scheduler membership: node name to the end of its heartbeat.
+    members: HashMap<String, DateTime<Utc>>,
 }
 
 #[derive(Debug)]
@@ -157,6 +159,7 @@ impl MemoryStore {
                 retries: BTreeSet::new(),
                 live: IdMap::default(),
                 retention: retention.max(1),
+                members: HashMap::new(),
             })),
             changes,
         }
@@ -809,5 +812,28 @@ impl Store for MemoryStore {
 
     async fn subscribe(&self) -> Result<ChangeFeed, Error> {
         Ok(ChangeFeed::new(self.changes.subscribe()))
+    }
+
+    async fn heartbeat(
+        &self,
+        node: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<String>, Error> {
+        let mut inner = self.lock();
+        inner.members.insert(node.to_owned(), until);
+        inner.members.retain(|_, alive_until| *alive_until > now);
+        let mut alive: Vec<String> = inner.members.keys().cloned().collect();
+        if !alive.iter().any(|n| n == node) {
+            // Alive "until" a moment already past: it still asked.
+            alive.push(node.to_owned());
+        }
+        alive.sort_unstable();
+        Ok(alive)
+    }
+
+    async fn leave(&self, node: &str) -> Result<(), Error> {
+        self.lock().members.remove(node);
+        Ok(())
     }
 }

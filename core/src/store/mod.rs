@@ -363,4 +363,31 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// A feed of task writes made through any process sharing this store.
     async fn subscribe(&self) -> Result<ChangeFeed, Error>;
+
+    /// Records that scheduler `node` is alive until `until` and returns the
+    /// names of every node alive at `now` (`alive_until > now`), `node`
+    /// included, sorted.
+    ///
+    /// Schedulers sharing a store use the list to split the claiming of
+    /// occurrences between them (see the scheduler docs, "Affinity"). It
+    /// only saves work: exactly-once never depends on it, since every claim
+    /// is still atomic. The default keeps no membership and returns an empty
+    /// list, which makes every scheduler claim everything, as if alone.
+    async fn heartbeat(
+        &self,
+        node: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<String>, Error> {
+        let _ = (node, now, until);
+        Ok(Vec::new())
+    }
+
+    /// Removes `node` from the membership [`heartbeat`](Store::heartbeat)
+    /// keeps (a scheduler shutting down), so the others take its share at
+    /// their next heartbeat rather than when its entry expires.
+    async fn leave(&self, node: &str) -> Result<(), Error> {
+        let _ = node;
+        Ok(())
+    }
 }
