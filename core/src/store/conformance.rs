@@ -974,7 +974,7 @@ pub async fn heartbeats_list_the_live_nodes(store: &dyn Store) {
     }
     assert_eq!(
         beat(store, &b, now, 3).await.expect("heartbeat"),
-        [b.clone()]
+        std::slice::from_ref(&b)
     );
     assert_eq!(
         beat(store, &a, now, 3).await.expect("heartbeat"),
