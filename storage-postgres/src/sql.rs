@@ -45,6 +45,8 @@ pub(crate) struct Sql {
     pub(crate) set_running: String,
     pub(crate) stuck_queues: String,
     pub(crate) live_running: String,
+    pub(crate) heartbeat: String,
+    pub(crate) leave: String,
 }
 
 /// The task columns as written by an insert, `$1`…`$25` in [`TASK_COLUMNS`] order.
@@ -157,6 +159,18 @@ impl Sql {
                 ORDER BY t.id LIMIT $1"),
             live_running: q("SELECT r FROM unnest($1::uuid[]) r WHERE NOT EXISTS (
                     SELECT 1 FROM {s}.executions e WHERE e.id = r AND e.status <> 'running')"),
+            // One round trip: record this node, forget nodes gone for a day,
+            // list the live ones (this one included, whatever its `until`).
+            heartbeat: q("WITH up AS (
+                    INSERT INTO {s}.nodes (node_id, alive_until) VALUES ($1, $3)
+                    ON CONFLICT (node_id) DO UPDATE SET alive_until = EXCLUDED.alive_until),
+                gone AS (
+                    DELETE FROM {s}.nodes WHERE alive_until < $2 - interval '1 day')
+                SELECT n FROM (
+                    SELECT node_id AS n FROM {s}.nodes WHERE alive_until > $2 AND node_id <> $1
+                    UNION SELECT $1::text) live
+                ORDER BY n COLLATE \"C\""),
+            leave: q("DELETE FROM {s}.nodes WHERE node_id = $1"),
         }
     }
 }

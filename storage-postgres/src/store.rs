@@ -1191,6 +1191,33 @@ impl Store for crate::PgStore {
     async fn subscribe(&self) -> Result<ChangeFeed, Error> {
         self.inner.feed.subscribe(&self.inner.pool).await
     }
+
+    async fn heartbeat(
+        &self,
+        node: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<String>, Error> {
+        if node.contains('\0') {
+            return Err(Error::invalid("node", "must not contain NUL"));
+        }
+        sqlx::query_scalar(&self.inner.sql.heartbeat)
+            .bind(node)
+            .bind(now)
+            .bind(until)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(db_err)
+    }
+
+    async fn leave(&self, node: &str) -> Result<(), Error> {
+        sqlx::query(&self.inner.sql.leave)
+            .bind(node)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
 }
 
 /// What recovery needs of a locked task.

@@ -693,3 +693,21 @@ pub(crate) static FINISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FINI
 pub(crate) static RECOVER_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RECOVER));
 pub(crate) static DUE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(DUE_PAGE));
 pub(crate) static HISTORY_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(HISTORY));
+
+/// Scheduler membership (`Store::heartbeat`), without the prelude: `KEYS[1]`
+/// the membership sorted set `{prefix:nodes}` (score: alive-until in
+/// microseconds), `ARGV[1]` the node, `ARGV[2]` now, `ARGV[3]` its
+/// alive-until. Records the node, drops expired entries, returns the live
+/// names (this node's included).
+const HEARTBEAT: &str = r#"
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf')
+for _, n in ipairs(live) do
+  if n == ARGV[1] then return live end
+end
+live[#live + 1] = ARGV[1]
+return live
+"#;
+
+pub(crate) static HEARTBEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT));

@@ -27,8 +27,8 @@ use crate::codec::{
 use crate::conn::Conn;
 use crate::feed::{self, Message};
 use crate::scripts::{
-    CLAIM_SCRIPT, CREATE_SCRIPT, DELETE_SCRIPT, DUE_SCRIPT, FINISH_SCRIPT, HISTORY_SCRIPT,
-    RECOVER_SCRIPT, RENEW_SCRIPT, UPDATE_SCRIPT,
+    CLAIM_SCRIPT, CREATE_SCRIPT, DELETE_SCRIPT, DUE_SCRIPT, FINISH_SCRIPT, HEARTBEAT_SCRIPT,
+    HISTORY_SCRIPT, RECOVER_SCRIPT, RENEW_SCRIPT, UPDATE_SCRIPT,
 };
 
 /// Default number of due-index partitions.
@@ -411,6 +411,11 @@ impl RedisStore {
 
     fn base(&self, p: usize) -> &str {
         &self.shared.bases[p]
+    }
+
+    /// The scheduler membership set (its own hash slot).
+    fn members_key(&self) -> String {
+        format!("{{{}:nodes}}", self.shared.prefix)
     }
 
     fn task_key(&self, p: usize, id: TaskId) -> String {
@@ -1378,6 +1383,33 @@ impl Store for RedisStore {
             }
         }
         Ok(out)
+    }
+
+    async fn heartbeat(
+        &self,
+        node: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<String>, Error> {
+        let mut inv = HEARTBEAT_SCRIPT.prepare_invoke();
+        inv.key(self.members_key())
+            .arg(node)
+            .arg(micros(now))
+            .arg(micros(until));
+        let mut live: Vec<String> = self.retrying(|| self.eval(&inv)).await?;
+        live.sort_unstable();
+        Ok(live)
+    }
+
+    async fn leave(&self, node: &str) -> Result<(), Error> {
+        let mut conn = self.shared.conn.clone();
+        redis::cmd("ZREM")
+            .arg(self.members_key())
+            .arg(node)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(())
     }
 
     async fn subscribe(&self) -> Result<ChangeFeed, Error> {
