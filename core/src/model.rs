@@ -261,18 +261,20 @@ impl Policy {
     }
 
     /// The jitter of occurrence `at` of `task`: an offset in
-    /// `0..=jitter_ms` milliseconds, FNV-1a over the id's bytes and the
-    /// occurrence's Unix milliseconds, so every node computes the same one.
+    /// `0..=jitter_ms` milliseconds, a hash of the id and the occurrence's
+    /// Unix milliseconds, so every node computes the same one.
     pub fn jitter(&self, task: TaskId, at: DateTime<Utc>) -> chrono::Duration {
         if self.jitter_ms == 0 {
             return chrono::Duration::zero();
         }
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let bytes = task.as_uuid().into_bytes();
-        for b in bytes.iter().chain(&at.timestamp_millis().to_be_bytes()) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        /// splitmix64's finalizer: a few multiplies, evenly spread.
+        fn mix(mut z: u64) -> u64 {
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
         }
+        let (hi, lo) = task.as_uuid().as_u64_pair();
+        let h = mix(hi ^ mix(lo ^ mix(at.timestamp_millis() as u64)));
         chrono::Duration::milliseconds((h % (self.jitter_ms + 1)) as i64)
     }
 

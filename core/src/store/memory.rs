@@ -247,7 +247,7 @@ impl Inner {
     }
 
     /// Ends a running execution of `task_id` (status, fence bump) and
-    /// removes it from the running and lease indexes.
+    /// removes it from the running and lease indexes; returns its trigger.
     fn end_running(
         &mut self,
         task_id: TaskId,
@@ -255,7 +255,7 @@ impl Inner {
         status: ExecutionStatus,
         finished_at: DateTime<Utc>,
         error: Option<String>,
-    ) -> Option<Execution> {
+    ) -> Option<Trigger> {
         let runs = self.tasks.get_mut(&task_id)?.run.as_deref_mut()?;
         let e = runs.executions.get_mut(&key)?;
         debug_assert_eq!(
@@ -272,10 +272,10 @@ impl Inner {
         e.finished_at = Some(finished_at);
         e.duration_ms = Some(duration_ms(e.started_at, finished_at));
         e.error = error;
-        let id = e.id;
+        let (id, trigger) = (e.id, e.trigger);
         runs.running.retain(|r| *r != id);
         self.live.remove(&id);
-        Some((**e).clone())
+        Some(trigger)
     }
 
     /// Sets a finished execution to await a retry at `retry_at`.
@@ -291,15 +291,22 @@ impl Inner {
         }
     }
 
-    /// A one-time task whose scheduled run ended without a retry is done.
-    fn settle_one_time(&mut self, task_id: TaskId, e: &Execution) {
+    /// A one-time task whose scheduled run ended (`status`) without a retry
+    /// is done.
+    fn settle_one_time(
+        &mut self,
+        task_id: TaskId,
+        status: ExecutionStatus,
+        trigger: Trigger,
+        retrying: bool,
+    ) {
         let Some(rec) = self.tasks.get_mut(&task_id) else {
             return;
         };
-        if rec.row.has_schedule() || e.trigger == Trigger::Manual || e.retry_at.is_some() {
+        if rec.row.has_schedule() || trigger == Trigger::Manual || retrying {
             return;
         }
-        rec.row.status = if e.status == ExecutionStatus::Succeeded {
+        rec.row.status = if status == ExecutionStatus::Succeeded {
             TaskStatus::Completed
         } else {
             TaskStatus::Failed
@@ -722,7 +729,7 @@ impl Store for MemoryStore {
             ));
         }
         let error = f.error.map(|s| truncate(s, MAX_ERROR_BYTES));
-        let mut ended = inner
+        let trigger = inner
             .end_running(task_id, key, f.status, f.finished_at, error)
             .expect("checked above");
         if let Some(e) = inner
@@ -732,14 +739,15 @@ impl Store for MemoryStore {
         {
             e.output = f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES));
         }
+        let mut retrying = false;
         if let Some(at) = f
             .retry_at
             .filter(|_| f.status != ExecutionStatus::Succeeded)
         {
             inner.await_retry(task_id, key, at);
-            ended.retry_at = Some(at);
+            retrying = true;
         }
-        inner.settle_one_time(task_id, &ended);
+        inner.settle_one_time(task_id, f.status, trigger, retrying);
         let started = inner.start_queued(task_id, &f.node, f.finished_at, f.lease_until);
         inner.trim(task_id);
         Ok(FinishOutcome { started })
@@ -766,17 +774,19 @@ impl Store for MemoryStore {
                 continue;
             };
             let why = Some("lease expired: its scheduler stopped renewing it".to_owned());
-            let Some(mut e) = inner.end_running(task_id, key, ExecutionStatus::Abandoned, now, why)
+            let Some(trigger) =
+                inner.end_running(task_id, key, ExecutionStatus::Abandoned, now, why)
             else {
                 continue;
             };
+            let mut e = (*inner.tasks[&task_id].runs().executions[&key]).clone();
             let policy = inner.tasks[&task_id].row.policy;
             if e.attempt <= policy.max_retries {
                 let at = now + policy.backoff(e.attempt);
                 inner.await_retry(task_id, key, at);
                 e.retry_at = Some(at);
             }
-            inner.settle_one_time(task_id, &e);
+            inner.settle_one_time(task_id, e.status, trigger, e.retry_at.is_some());
             if let Some(started) = inner.start_queued(task_id, node, now, lease_until) {
                 out.started.push(started);
             }
