@@ -40,6 +40,6 @@ pub use model::{
     Overlap, Policy, Task, TaskId, TaskPatch, TaskStatus, Trigger,
 };
 pub use schedule::{Cron, Field, Reason, Schedule, ScheduleError, Upcoming, parse_timezone};
-pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle, ShutdownReport};
+pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle, SchedulerStats, ShutdownReport};
 pub use store::{MemoryStore, Store};
 pub use wheel::{TimerKey, TimingWheel};

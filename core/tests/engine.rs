@@ -762,6 +762,13 @@ async fn a_silent_node_has_its_tasks_taken_over() {
         *owned.entry(nodes.into_iter().next().unwrap()).or_default() += 1;
     }
     assert_eq!(owned.len(), 2, "both nodes own tasks: {owned:?}");
+    for node in [&a, &b] {
+        let stats = node.stats();
+        assert_eq!(stats.members, 2, "{stats:?}");
+        assert!(stats.shadowed > 0 && stats.claims_won > 0, "{stats:?}");
+        // Claims lose only while the membership settles (the first second).
+        assert!(stats.claims_lost <= TASKS as u64, "{stats:?}");
+    }
     // `b` cannot claim but stays a member: `a` claims b's occurrences once
     // they are 2 s late (the overdue scan).
     flaky_b.claims_down.store(true, Ordering::SeqCst);

@@ -240,6 +240,7 @@ impl Engine {
     }
 
     fn store_failed(&mut self, now: DateTime<Utc>, what: &str, err: &crate::Error) {
+        super::run::Counters::add(&self.shared.counters.store_errors, 1);
         tracing::warn!(%err, backoff_ms = self.backoff.as_millis() as u64, "{what} failed; retrying");
         self.backoff_until = Some(now + delta(self.backoff));
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
@@ -547,6 +548,7 @@ impl Engine {
             for due in leftover.into_iter().rev() {
                 self.ready.push_front(due);
             }
+            super::run::Counters::add(&self.shared.counters.shadowed, shadows.len() as u64);
             for (id, next) in shadows.drain(..) {
                 self.advance(id, next, now);
             }

@@ -256,6 +256,20 @@ impl SchedulerHandle {
         self.shared.trigger_now(tenant, task_id).await
     }
 
+    /// Counters since the scheduler started.
+    pub fn stats(&self) -> SchedulerStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.shared.counters;
+        SchedulerStats {
+            claims_won: c.claims_won.load(Relaxed),
+            claims_lost: c.claims_lost.load(Relaxed),
+            shadowed: c.shadowed.load(Relaxed),
+            store_errors: c.store_errors.load(Relaxed),
+            members: self.shared.members().len(),
+            running: self.shared.running_count(),
+        }
+    }
+
     /// Asks the engine to look at a task now (for example right after a
     /// write through this process): it is rescheduled within milliseconds,
     /// without waiting for the change feed.
@@ -268,6 +282,31 @@ impl SchedulerHandle {
             })
             .await;
     }
+}
+
+/// Counters of a running scheduler since it started, from
+/// [`SchedulerHandle::stats`]: what its engine did, for dashboards and for
+/// seeing how schedulers sharing a store split the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct SchedulerStats {
+    /// Claims the store granted (a run started, queued or skipped by the
+    /// overlap policy, or a `skip` misfire recorded).
+    pub claims_won: u64,
+    /// Claims another scheduler (or a write) got to first: wasted store
+    /// work, which affinity keeps near zero.
+    pub claims_lost: u64,
+    /// Due occurrences left to the scheduler that owns them (affinity),
+    /// without a store call.
+    pub shadowed: u64,
+    /// Store calls of the engine loop (scan, claim) that failed and were
+    /// retried with backoff.
+    pub store_errors: u64,
+    /// Schedulers sharing the work as this one last saw them (1: alone, or
+    /// the store keeps no membership).
+    pub members: usize,
+    /// Runs in flight now.
+    pub running: usize,
 }
 
 /// What [`Scheduler::shutdown`] did.
@@ -336,6 +375,11 @@ impl Scheduler {
         };
         let _ = self.engine.await;
         report
+    }
+
+    /// Counters since the scheduler started; see [`SchedulerStats`].
+    pub fn stats(&self) -> SchedulerStats {
+        self.handle.stats()
     }
 
     /// Runs in flight on this scheduler.

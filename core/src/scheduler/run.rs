@@ -3,7 +3,7 @@
 //! renewal, recovery of expired leases, and manual triggers.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -63,6 +63,23 @@ pub(crate) struct Shared {
     pub(crate) permit_freed: Notify,
     /// The live schedulers, for affinity.
     pub(crate) members: Mutex<super::affinity::Members>,
+    pub(crate) counters: Counters,
+}
+
+/// What [`SchedulerStats`](super::SchedulerStats) reports, counted as it
+/// happens.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) claims_won: AtomicU64,
+    pub(crate) claims_lost: AtomicU64,
+    pub(crate) shadowed: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -103,6 +120,7 @@ impl Shared {
             idle: Notify::new(),
             permit_freed: Notify::new(),
             members,
+            counters: Counters::default(),
         }
     }
 
@@ -523,6 +541,12 @@ impl Shared {
         outcome: ClaimOutcome,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Option<Option<Box<Task>>> {
+        let counters = &self.counters;
+        if matches!(outcome, ClaimOutcome::Lost { .. }) {
+            Counters::add(&counters.claims_lost, 1);
+        } else {
+            Counters::add(&counters.claims_won, 1);
+        }
         let started = match outcome {
             ClaimOutcome::Started(e) => e,
             ClaimOutcome::Replaced { started, replaced } => {
