@@ -115,6 +115,11 @@ fn record(flags: &Flags) -> Result<()> {
         (0, Some(_)) => "ok",
         _ => "failed",
     };
+    let field = |k: &str| result.as_ref().and_then(|r| r[k].as_f64());
+    let share = match (field("fired"), field("expected")) {
+        (Some(f), Some(e)) if e > 0.0 => Some((100.0 * f / e).floor()),
+        _ => None,
+    };
     let tail: Vec<&str> = log.lines().rev().take(5).collect();
     let mut run = json!({
         "id": id,
@@ -131,7 +136,15 @@ fn record(flags: &Flags) -> Result<()> {
         "result": result,
     });
     if status != "ok" {
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        // The cause: the first error or panic line (a backtrace may follow
+        // it), else the end of the log.
+        let cause = log
+            .lines()
+            .find(|l| l.contains("panicked") || l.contains("Error") || l.contains("error"));
+        let mut tail: Vec<&str> = tail.into_iter().rev().collect();
+        if let Some(cause) = cause {
+            tail.push(cause);
+        }
         run["log_tail"] = json!(tail.join("\n"));
     }
     write(
@@ -150,7 +163,11 @@ fn record(flags: &Flags) -> Result<()> {
             write(&path, &quantiles_csv(&v))?;
         }
     }
-    println!("recorded {id}: {status}");
+    // bench.sh reads the share to decide whether a larger size is worth it.
+    match share {
+        Some(pct) => println!("recorded {id}: {status}, fired {pct:.0}% of expected"),
+        None => println!("recorded {id}: {status}"),
+    }
     Ok(())
 }
 
@@ -454,6 +471,8 @@ fn run_row(r: &Run) -> String {
 }
 
 fn run_row_as(r: &Run, label: &str) -> String {
+    // Nothing fired: no lateness to show.
+    let late = |k: &str| r.late(k).filter(|_| r.num("fired").unwrap_or(0.0) > 0.0);
     let cpu = |x: f64| format!("{x:.2}");
     let rss = |x: f64| format!("{x:.0}");
     format!(
@@ -466,9 +485,9 @@ fn run_row_as(r: &Run, label: &str) -> String {
         or_dash(r.num("lost"), int),
         or_dash(r.num("duplicates"), int),
         or_dash(r.num("fires_per_s"), int),
-        or_dash(r.late("p50"), ms),
-        or_dash(r.late("p99"), ms),
-        or_dash(r.late("max"), ms),
+        or_dash(late("p50"), ms),
+        or_dash(late("p99"), ms),
+        or_dash(late("max"), ms),
         or_dash(r.num("cpu_s"), cpu),
         or_dash(r.num("rss_mb"), rss),
         r.note(),
@@ -542,7 +561,13 @@ fn comparison_md(results: &Path, runs: &[Run], machine: &str) -> String {
                 continue;
             };
             let f = |r: &Run, k: &str| or_dash(r.num(k), int);
-            let p99 = |r: &Run| or_dash(r.late("p99"), ms);
+            let p99 = |r: &Run| {
+                or_dash(
+                    r.late("p99")
+                        .filter(|_| r.num("fired").unwrap_or(0.0) > 0.0),
+                    ms,
+                )
+            };
             let _ = writeln!(
                 pairs,
                 "| {engine} | {store} | {} / {} | {} / {} | {} / {} | {} / {} | {} |",
@@ -583,7 +608,8 @@ fn comparison_md(results: &Path, runs: &[Run], machine: &str) -> String {
         md.push_str(
             "Each task fires every second, so the offered rate is the task count per \
              second; the smallest size is the run above. An engine is not run at a \
-             larger size once a smaller one failed or timed out.\n\n",
+             larger size once a smaller one failed, timed out or lost more than half \
+             its occurrences.\n\n",
         );
         md.push_str(RUN_HEADER);
         for r in &sweep {
