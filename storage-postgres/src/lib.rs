@@ -151,9 +151,11 @@
 //! the claim statement every time cost milliseconds) and
 //! `enable_seqscan = off` (every statement reads by index, and a plan made
 //! while a new schema's tables were empty must not stay a full scan for the
-//! life of the connection). A pool passed to
-//! [`PgStoreBuilder::from_pool`] should set both the same way
-//! (`PgConnectOptions::options`).
+//! life of the connection) and `jit = off` (with the inflated cost
+//! estimates of `enable_seqscan = off`, PostgreSQL JIT-compiled some of the
+//! short statements on every call: a fifth of its CPU under load). A pool
+//! passed to [`PgStoreBuilder::from_pool`] should set all three the same
+//! way (`PgConnectOptions::options`).
 //!
 //! [`PgStore::create_tasks`] inserts tasks in bulk (`COPY … FROM STDIN` in
 //! one transaction; 1M tasks in 7–9 s on the 2-core test machine) and sends
@@ -280,11 +282,15 @@ impl PgStoreBuilder {
         // (milliseconds for the claim statement) on every call. Every one of
         // them reads by index; without `enable_seqscan = off` a plan made
         // while a table was still empty (a new schema) scans it whole for
-        // as long as the connection lives.
+        // as long as the connection lives. JIT compilation is off: these are
+        // short statements, and the cost estimates `enable_seqscan = off`
+        // inflates made PostgreSQL JIT-compile some of them on every call
+        // (a fifth of the server's CPU under load, in LLVM).
         let options = options
             .options([
                 ("plan_cache_mode", "force_generic_plan"),
                 ("enable_seqscan", "off"),
+                ("jit", "off"),
             ])
             .log_statements(tracing::log::LevelFilter::Trace);
         let pool = PgPoolOptions::new()

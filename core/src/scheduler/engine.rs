@@ -83,6 +83,9 @@ struct Tracked {
     task: Arc<Task>,
     schedule: Schedule,
     next_run: DateTime<Utc>,
+    /// The overdue scan found this occurrence unclaimed in the store
+    /// `takeover_after` late: claim it even if another node owns the task.
+    takeover: bool,
 }
 
 pub(crate) struct Engine {
@@ -310,10 +313,17 @@ impl Engine {
         let n = tasks.len();
         let mut last = after;
         for task in tasks {
-            if let Some(next) = task.next_run {
-                last = Some((next, task.id));
+            let (id, next_run) = (task.id, task.next_run);
+            if let Some(next) = next_run {
+                last = Some((next, id));
             }
             self.track(task, now);
+            if kind == ScanKind::Overdue
+                && let Some(t) = self.tracked.get_mut(&id)
+                && Some(t.next_run) == next_run
+            {
+                t.takeover = true;
+            }
         }
         if n == SCAN_PAGE {
             if let Some(scan) = self.scan.as_mut() {
@@ -397,6 +407,7 @@ impl Engine {
                 task: Arc::new(task),
                 schedule,
                 next_run: next,
+                takeover: false,
             },
         );
     }
@@ -455,7 +466,6 @@ impl Engine {
     async fn claim_ready(&mut self) {
         let node = self.shared.config.node.clone();
         let grace = delta(self.shared.config.grace);
-        let takeover = delta(self.shared.config.takeover_after);
         let members = self.shared.members();
         let mut shadows: Vec<(TaskId, Option<DateTime<Utc>>)> = Vec::new();
         while !self.ready.is_empty() {
@@ -482,10 +492,9 @@ impl Engine {
                         let Some(t) = self.tracked.get(id) else {
                             continue;
                         };
-                        if !members.owns(*id)
-                            && now - (t.next_run + t.task.policy.jitter(*id, t.next_run)) < takeover
-                        {
-                            // Its owner claims it: only move our copy on.
+                        if !t.takeover && !members.owns(*id) {
+                            // Its owner claims it: only move our copy on (the
+                            // overdue scan catches what the owner leaves).
                             shadows.push((*id, t.schedule.next_after(t.next_run)));
                             continue;
                         }
@@ -617,6 +626,7 @@ impl Engine {
                     self.wheel.cancel(key);
                 }
                 t.next_run = next;
+                t.takeover = false;
                 let due = next + t.task.policy.jitter(id, next);
                 t.key = Some(self.wheel.insert(tick(due), Due::Task(id)));
             }
