@@ -30,7 +30,10 @@
 //! lateness sample (ms, one number a line, unsorted) for plotting.
 //! `--max-setup-s T` (default 120) bounds job creation and start-up: past it
 //! the harness prints `{"engine":…,"error":"setup exceeded T s",
-//! "created":M,…}` (M = jobs created so far) and exits with status 2.
+//! "created":M,…}` (M = job registrations so far, all nodes counted) and
+//! exits with status 2. A watchdog thread does the same, with `"error":"run
+//! did not finish…"`, when the engines have not stopped 30 s after the
+//! drain (an engine whose tasks never yield can starve the runtime).
 //!
 //! # Engines
 //!
@@ -48,7 +51,7 @@
 //!   `SimpleMetadataStore` (through a wrapper that serialises access), so
 //!   they see one `next_tick` per job, as they would on a shared database.
 //!   PostgreSQL: its own `PostgresMetadataStore` and
-//!   `PostgresNotificationStore` (tables named per run), one connection per
+//!   `PostgresNotificationStore` (in a schema per run), one connection per
 //!   node, as in its `postgres_job` example. It has no claim step: every
 //!   node that polls while a job is due runs it, so several nodes can run
 //!   an occurrence more than once; the audit counts what happened. Its
@@ -65,7 +68,14 @@
 //!   idempotency key `job:tick`, which apalis-postgres keeps unique, so
 //!   with K nodes K − 1 of the K pushes of an occurrence are refused
 //!   (`push_refused` in the JSON; those refusals are the deduplication, not
-//!   failures).
+//!   failures). Each push is its own transaction, so the push rate is
+//!   bounded by the server's commit rate. An apalis-cron stream polled
+//!   after its next tick has passed (a slow push delays the next poll)
+//!   fails on every poll from then on; the producer counts it in
+//!   `cron_errors` and starts a new stream, whose first tick is the next
+//!   one after now (the ticks in between are lost). In the memory form the
+//!   same error ends the worker's `run`: counted in `worker_exits`, and
+//!   that job fires no more.
 //! - `delayqueue`: the raw limit for firing, with no engine at all: a bare
 //!   [`tokio_util::time::DelayQueue`] holding each job's next occurrence
 //!   (computed with tickwheel's cron parser), re-inserted after it fires;
@@ -110,8 +120,8 @@ use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -396,6 +406,66 @@ fn main() -> Result<()> {
     result
 }
 
+/// Ends the process with a JSON error line when setup or the run overruns.
+///
+/// A thread of its own, not a tokio timer: an engine whose tasks never
+/// yield can starve the runtime, and then no timer fires.
+struct Watchdog {
+    /// The current deadline and the error it reports; `None` once the
+    /// engines stopped. Held while the error line is printed.
+    deadline: Arc<Mutex<Option<(Instant, String)>>>,
+}
+
+impl Watchdog {
+    fn start(args: &Args, created: Arc<AtomicUsize>) -> Self {
+        let deadline = Arc::new(Mutex::new(Some((
+            Instant::now() + Duration::from_secs(args.max_setup_s),
+            format!("setup exceeded {} s", args.max_setup_s),
+        ))));
+        let watched = deadline.clone();
+        let args = args.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(50));
+                let guard = watched.lock().unwrap_or_else(|e| e.into_inner());
+                let Some((at, error)) = &*guard else { return };
+                if Instant::now() < *at {
+                    continue;
+                }
+                let (_, rss_peak) = rss_mb();
+                println!(
+                    concat!(
+                        r#"{{"engine":{},"store":{},"nodes":{},"tasks":{},"seconds":{},"#,
+                        r#""error":{},"created":{},"rss_mb":{:.1}}}"#
+                    ),
+                    json_str(args.engine.name()),
+                    json_str(&args.store),
+                    args.nodes,
+                    args.tasks,
+                    args.seconds,
+                    json_str(error),
+                    created.load(Ordering::Relaxed),
+                    rss_peak,
+                );
+                let _ = std::io::stdout().flush();
+                std::process::exit(2);
+            }
+        });
+        Self { deadline }
+    }
+
+    /// Replaces the deadline with one `within` from now.
+    fn set(&self, within: Duration, error: String) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now() + within, error));
+    }
+
+    /// The engines stopped: no more deadline.
+    fn done(&self) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
 /// Creates the jobs and starts the nodes of the chosen engine.
 async fn start(args: &Args, created: &Arc<AtomicUsize>) -> Result<Started> {
     match args.engine {
@@ -411,33 +481,13 @@ async fn run(args: Args) -> Result<()> {
     let created = Arc::new(AtomicUsize::new(0));
     let (rss_before, _) = rss_mb();
     let setup_started = Instant::now();
-    let started = match tokio::time::timeout(
-        Duration::from_secs(args.max_setup_s),
-        start(&args, &created),
-    )
-    .await
-    {
-        Ok(started) => started?,
-        Err(_) => {
-            let (_, rss_peak) = rss_mb();
-            println!(
-                concat!(
-                    r#"{{"engine":{},"store":{},"nodes":{},"tasks":{},"seconds":{},"#,
-                    r#""error":"setup exceeded {} s","created":{},"rss_mb":{:.1}}}"#
-                ),
-                json_str(args.engine.name()),
-                json_str(&args.store),
-                args.nodes,
-                args.tasks,
-                args.seconds,
-                args.max_setup_s,
-                created.load(Ordering::Relaxed),
-                rss_peak,
-            );
-            std::io::stdout().flush()?;
-            std::process::exit(2);
-        }
-    };
+    let watchdog = Watchdog::start(&args, created.clone());
+    let started = start(&args, &created).await?;
+    // Stopping gets 30 s past the drain before the watchdog gives up.
+    watchdog.set(
+        Duration::from_secs(2 + args.seconds + 30) + DRAIN + Duration::from_millis(args.jitter_ms),
+        "run did not finish: the engine stopped answering".to_owned(),
+    );
     let create_s = setup_started.elapsed().as_secs_f64();
 
     // Warm-up: the window starts at the second whole second from now.
@@ -459,6 +509,7 @@ async fn run(args: Args) -> Result<()> {
     // Let the last occurrences of the window (plus jitter) start.
     tokio::time::sleep(Duration::from_millis(args.jitter_ms) + DRAIN).await;
     started.stop.await;
+    watchdog.done();
     let (_, rss_peak) = rss_mb();
 
     // Every job has the same schedule, so the same occurrences are due.

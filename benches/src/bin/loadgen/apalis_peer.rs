@@ -12,6 +12,8 @@
 //! occurrence yield one task: the K − 1 refused pushes are counted in
 //! `push_refused`, any other push failure in `push_errors`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -55,11 +57,18 @@ async fn on_task(task: JobTick, ledger: Data<Arc<Ledger>>) -> Result<(), BoxDynE
     Ok(())
 }
 
-/// Push outcomes of the PostgreSQL form.
+/// What went wrong along the way, reported in the JSON line.
 #[derive(Debug, Default)]
-struct PushCounts {
+struct Trouble {
+    /// Pushes refused by the idempotency key (PostgreSQL, K > 1).
     refused: Arc<AtomicU64>,
-    errors: Arc<AtomicU64>,
+    /// Other push failures.
+    push_errors: Arc<AtomicU64>,
+    /// Errors from an apalis-cron stream (a tick already past when the
+    /// stream was polled again); the producer then starts a new stream.
+    cron_errors: Arc<AtomicU64>,
+    /// Workers whose `run` returned before the harness stopped them.
+    worker_exits: Arc<AtomicU64>,
 }
 
 /// One job's apalis-cron stream, pushing every tick into the queue.
@@ -68,22 +77,29 @@ async fn produce(
     schedule: cron::Schedule,
     pool: PgPool,
     config: Config,
-    counts: Arc<PushCounts>,
+    trouble: Arc<Trouble>,
 ) {
     let storage = || PostgresStorage::<JobTick>::new(&pool).with_config(config.clone());
     let mut sink = storage();
-    let mut ticks = Box::pin(CronScheduler::new(schedule).into_stream());
+    let stream = || Box::pin(CronScheduler::new(schedule.clone()).into_stream());
+    let mut ticks = stream();
     while let Some(tick) = ticks.next().await {
-        let Ok(tick) = tick else { continue };
+        let Ok(tick) = tick else {
+            // apalis-cron keeps a past tick and fails on every poll after
+            // it: a new stream starts from the next tick after now.
+            trouble.cron_errors.fetch_add(1, Ordering::Relaxed);
+            ticks = stream();
+            continue;
+        };
         let at = tick.get_timestamp();
         let task = TaskBuilder::new(JobTick { job, at })
             .idempotency_key(format!("{job}:{at}"))
             .build();
         if let Err(e) = sink.push_task(task).await {
             if format!("{e:?}").contains("duplicate key") {
-                counts.refused.fetch_add(1, Ordering::Relaxed);
+                trouble.refused.fetch_add(1, Ordering::Relaxed);
             } else {
-                counts.errors.fetch_add(1, Ordering::Relaxed);
+                trouble.push_errors.fetch_add(1, Ordering::Relaxed);
             }
             // A failed batch may stay buffered in the sink: start afresh.
             sink = storage();
@@ -97,7 +113,16 @@ pub(crate) async fn start(args: &Args, created: &Arc<AtomicUsize>) -> Result<Sta
         .with_context(|| format!("--schedule {:?} (apalis-cron)", args.schedule))?;
     let ledger = Arc::new(Ledger::new());
     let mut handles: Vec<JoinHandle<()>> = Vec::new();
-    let mut counters = Vec::new();
+    let trouble = Arc::new(Trouble::default());
+    // A worker's `run` returns only if the worker stopped by itself (the
+    // harness aborts the rest): count those.
+    let spawn_worker = |run: Pin<Box<dyn Future<Output = ()> + Send>>| {
+        let exits = trouble.worker_exits.clone();
+        tokio::spawn(async move {
+            run.await;
+            exits.fetch_add(1, Ordering::Relaxed);
+        })
+    };
     match &args.store_kind {
         StoreKind::Memory => {
             for node in 0..args.nodes {
@@ -109,9 +134,9 @@ pub(crate) async fn start(args: &Args, created: &Arc<AtomicUsize>) -> Result<Sta
                             ledger: ledger.clone(),
                         })
                         .build(on_tick);
-                    handles.push(tokio::spawn(async move {
+                    handles.push(spawn_worker(Box::pin(async move {
                         let _ = worker.run().await;
-                    }));
+                    })));
                     created.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -129,9 +154,6 @@ pub(crate) async fn start(args: &Args, created: &Arc<AtomicUsize>) -> Result<Sta
             let config = Config::default()
                 .queue(format!("loadgen-{run}"))
                 .batch_size(100);
-            let counts = Arc::new(PushCounts::default());
-            counters.push(("push_refused", counts.refused.clone()));
-            counters.push(("push_errors", counts.errors.clone()));
             for node in 0..args.nodes {
                 let backend = PostgresStorage::<JobTick>::new(&pool)
                     .with_config(config.clone())
@@ -140,16 +162,16 @@ pub(crate) async fn start(args: &Args, created: &Arc<AtomicUsize>) -> Result<Sta
                     .backend(backend)
                     .data(ledger.clone())
                     .build(on_task);
-                handles.push(tokio::spawn(async move {
+                handles.push(spawn_worker(Box::pin(async move {
                     let _ = worker.run().await;
-                }));
+                })));
                 for job in 0..args.tasks as u32 {
                     handles.push(tokio::spawn(produce(
                         job,
                         schedule.clone(),
                         pool.clone(),
                         config.clone(),
-                        counts.clone(),
+                        trouble.clone(),
                     )));
                     created.fetch_add(1, Ordering::Relaxed);
                 }
@@ -164,6 +186,11 @@ pub(crate) async fn start(args: &Args, created: &Arc<AtomicUsize>) -> Result<Sta
                 handle.abort();
             }
         }),
-        counters,
+        counters: vec![
+            ("push_refused", trouble.refused.clone()),
+            ("push_errors", trouble.push_errors.clone()),
+            ("cron_errors", trouble.cron_errors.clone()),
+            ("worker_exits", trouble.worker_exits.clone()),
+        ],
     })
 }

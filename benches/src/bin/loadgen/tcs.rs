@@ -4,7 +4,7 @@
 //! Memory: the nodes share one `SimpleMetadataStore` behind a mutex, so
 //! they see one `next_tick` per job. PostgreSQL: each node has its own
 //! `PostgresMetadataStore` and `PostgresNotificationStore` (own
-//! connections) on tables named for this run.
+//! connections) on its default tables, in a schema made for this run.
 //!
 //! The job body is not told which tick it runs for, so every node's
 //! metadata store is wrapped in [`NotingStore`], which notes the
@@ -150,6 +150,22 @@ pub(crate) async fn start(args: &Args, created: &Arc<AtomicUsize>) -> Result<Sta
     // Sized so one second's activations fit (default 200).
     let channel_size = args.tasks.max(200);
     let shared_memory: Inner = Arc::new(AsyncMutex::new(Box::new(SimpleMetadataStore::default())));
+    // Its DDL names constraints with fixed names (`pk_metadata`), which
+    // must be unique in a schema: each run gets a schema of its own, set
+    // as the connections' search path.
+    let url = match &args.store_kind {
+        StoreKind::Postgres(url) => {
+            let schema = format!("tcs_{}", run.simple());
+            let pool = sqlx::PgPool::connect(url).await?;
+            sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                .execute(&pool)
+                .await?;
+            pool.close().await;
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}options=-c%20search_path%3D{schema}")
+        }
+        _ => String::new(),
+    };
     let mut nodes = Vec::with_capacity(args.nodes);
     for _ in 0..args.nodes {
         let notes: Notes = Arc::default();
@@ -159,20 +175,19 @@ pub(crate) async fn start(args: &Args, created: &Arc<AtomicUsize>) -> Result<Sta
                     shared_memory.clone(),
                     Box::new(SimpleNotificationStore::default()),
                 ),
-                StoreKind::Postgres(url) => {
-                    let prefix = format!("tcs_{}", run.simple());
-                    let connect = || Arc::new(RwLock::new(PostgresStore::Created(url.to_owned())));
+                StoreKind::Postgres(_) => {
+                    let connect = || Arc::new(RwLock::new(PostgresStore::Created(url.clone())));
                     (
                         Arc::new(AsyncMutex::new(Box::new(PostgresMetadataStore {
                             store: connect(),
                             init_tables: true,
-                            table: format!("{prefix}_job"),
+                            table: "job".to_owned(),
                         }))),
                         Box::new(PostgresNotificationStore {
                             store: connect(),
                             init_tables: true,
-                            table: format!("{prefix}_notification"),
-                            states_table: format!("{prefix}_notification_state"),
+                            table: "notification".to_owned(),
+                            states_table: "notification_state".to_owned(),
                         }),
                     )
                 }
