@@ -62,20 +62,16 @@
 //!   form); nothing is shared, so K nodes run every occurrence K times.
 //!   PostgreSQL (apalis-postgres, the 1.0 home of apalis-sql's
 //!   `PostgresStorage`): each node runs one apalis-cron `CronScheduler`
-//!   stream per job that pushes every tick into the shared queue (a fresh
-//!   queue name per run, batch size 100, LISTEN/NOTIFY wake-up), and one
-//!   worker that consumes the queue. Each pushed task carries the
+//!   stream per job that pushes every tick into the shared queue, and one
+//!   worker that polls the queue every 50 ms. Each pushed task carries the
 //!   idempotency key `job:tick`, which apalis-postgres keeps unique, so
 //!   with K nodes K − 1 of the K pushes of an occurrence are refused
 //!   (`push_refused` in the JSON; those refusals are the deduplication, not
 //!   failures). Each push is its own transaction, so the push rate is
-//!   bounded by the server's commit rate. An apalis-cron stream polled
-//!   after its next tick has passed (a slow push delays the next poll)
-//!   fails on every poll from then on; the producer counts it in
-//!   `cron_errors` and starts a new stream, whose first tick is the next
-//!   one after now (the ticks in between are lost). In the memory form the
-//!   same error ends the worker's `run`: counted in `worker_exits`, and
-//!   that job fires no more.
+//!   bounded by the server's commit rate; a push slower than a second
+//!   makes apalis-cron's stream fail (`cron_errors`) and skip ticks. Why
+//!   polling rather than LISTEN/NOTIFY, and the pool sizes: see
+//!   `loadgen/apalis_peer.rs`.
 //! - `delayqueue`: the raw limit for firing, with no engine at all: a bare
 //!   [`tokio_util::time::DelayQueue`] holding each job's next occurrence
 //!   (computed with tickwheel's cron parser), re-inserted after it fires;
