@@ -67,8 +67,9 @@
 //!   idempotency key `job:tick`, which apalis-postgres keeps unique, so
 //!   with K nodes K − 1 of the K pushes of an occurrence are refused
 //!   (`push_refused` in the JSON; those refusals are the deduplication, not
-//!   failures). Each push is its own transaction, so the push rate is
-//!   bounded by the server's commit rate; a push slower than a second
+//!   failures). Each push is its own transaction that also sends a NOTIFY,
+//!   and PostgreSQL serialises such commits, so the push rate is bounded
+//!   by one WAL flush at a time; a push slower than a second
 //!   makes apalis-cron's stream fail (`cron_errors`) and skip ticks. Why
 //!   polling rather than LISTEN/NOTIFY, and the pool sizes: see
 //!   `loadgen/apalis_peer.rs`.
