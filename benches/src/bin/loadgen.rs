@@ -98,9 +98,9 @@
 //!   is rounded down to the second. So once its lateness passes about half
 //!   a second (100k jobs in memory, or PostgreSQL), the split of its runs
 //!   between `fired` and `duplicates` is uncertain: the number of runs and
-//!   `fires_per_s` stay exact. (It does run some occurrences twice by
-//!   itself: a poll that comes before the previous one's `next_tick` update
-//!   is written fires the job again.)
+//!   `fires_per_s` stay exact. (Its code can also run an occurrence twice
+//!   by itself: the `next_tick` update after a run is a separate task, and
+//!   a poll that comes before it is written fires the job again.)
 //!   Note: on PostgreSQL its due query is `next_tick < now` in whole
 //!   seconds, so a job is picked up one to 1.5 s after its tick, and its
 //!   next tick is computed from that poll time: every other second is
