@@ -24,9 +24,10 @@
 //!   (every run counted, duplicates included);
 //! - `rss_mb`: peak resident memory of the process (`VmHWM`, so it includes
 //!   setup): for tickwheel it includes the store's execution history, for
-//!   the others the harness's run ledger (32 bytes a run: about 46 MiB for
-//!   100k jobs over a 10 s window); `cpu_s`: CPU time (user + system)
-//!   spent during the window.
+//!   the others the harness's run ledger (24 bytes a run, in vectors that
+//!   grow by doubling: 35 to 70 MiB for 100k jobs over a 10 s window plus
+//!   warm-up and drain); `cpu_s`: CPU time (user + system) spent during
+//!   the window.
 //!
 //! The last line printed is one JSON object with those fields, `engine`
 //! first; earlier lines report setup. `--lateness-out PATH` also writes every
