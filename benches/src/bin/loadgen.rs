@@ -644,3 +644,59 @@ fn report(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Run;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(s, 0).unwrap()
+    }
+
+    #[test]
+    fn ledger_audit_counts_like_the_store_audit() {
+        // Window [100, 103): three occurrences per job, two jobs.
+        let (start, end) = (at(100), at(103));
+        let due = [at(100), at(101), at(102)];
+        let ledger = Ledger::new();
+        let run = |job, intended_s, late_ms| Run {
+            job,
+            intended_s,
+            started: at(intended_s) + TimeDelta::milliseconds(late_ms),
+        };
+        // Job 0: 100 twice (a duplicate), 101 once, 102 lost; a warm-up run
+        // at 99 and a drain run at 103 are outside the window.
+        for r in [
+            run(0, 99, 1),
+            run(0, 100, 2),
+            run(0, 100, 7),
+            run(0, 101, 3),
+            run(0, 103, 1),
+        ] {
+            ledger.record(r);
+        }
+        // Job 1: every occurrence once.
+        for s in 100..103 {
+            ledger.record(run(1, s, 5));
+        }
+        let counts = audit_ledger(&ledger, 2, &due, start, end);
+        assert_eq!(counts.expected, 6);
+        assert_eq!(counts.fired, 5);
+        assert_eq!(counts.duplicates, 1);
+        let mut late: Vec<f64> = counts.samples.iter().map(|s| s.late_ms).collect();
+        late.sort_by(f64::total_cmp);
+        assert_eq!(late, [2.0, 3.0, 5.0, 5.0, 5.0, 7.0]);
+    }
+
+    #[test]
+    fn engine_names_round_trip_and_unknown_ones_name_the_flag() {
+        for name in ["tickwheel", "tokio-cron-scheduler", "apalis", "delayqueue"] {
+            assert_eq!(Engine::parse(name).unwrap().name(), name);
+        }
+        let err = Engine::parse("cron").unwrap_err().to_string();
+        assert!(err.starts_with("--engine"), "{err}");
+        let err = StoreKind::parse("mysql://x").unwrap_err().to_string();
+        assert!(err.starts_with("--store"), "{err}");
+    }
+}

@@ -38,12 +38,16 @@ impl Ledger {
 
     /// Records a run that starts now.
     pub(crate) fn record_now(&self, job: u32, intended_s: i64) {
-        let run = Run {
+        self.record(Run {
             job,
             intended_s,
             started: Utc::now(),
-        };
-        let shard = &self.shards[job as usize % SHARDS];
+        });
+    }
+
+    /// Records a run.
+    pub(crate) fn record(&self, run: Run) {
+        let shard = &self.shards[run.job as usize % SHARDS];
         shard.lock().unwrap_or_else(|e| e.into_inner()).push(run);
     }
 
