@@ -93,6 +93,8 @@ trap 'exit 143' TERM
 step() { printf '\n==> [%02d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 # ------------------------------------------------------------------ build
+# tokio-cron-scheduler's PostgreSQL storage runs protoc at build time.
+command -v protoc >/dev/null || apt_install protobuf-compiler
 step "build (release): loadgen pg_raw httpload plot, bench schedule"
 cargo build --release --locked -q -p tickwheel-benches --bins
 cargo bench --locked -q -p tickwheel-benches --bench schedule --no-run

@@ -37,6 +37,10 @@ step() { printf '\n==> %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all --check
 
+# tokio-cron-scheduler (a peer in the benchmark harness, with its own
+# PostgreSQL storage) generates code with protoc at build time.
+command -v protoc >/dev/null || apt_install protobuf-compiler
+
 step "cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
