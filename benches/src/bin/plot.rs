@@ -1024,6 +1024,9 @@ fn throughput_svg(path: &Path, runs: &[Run]) -> Result<()> {
             let pts: Vec<(f64, f64)> = sweep
                 .iter()
                 .filter(|r| r.engine == engine)
+                // A run that fired nothing has no rate or lateness to draw
+                // on a log axis; the table says what happened.
+                .filter(|r| r.num("fired").is_some_and(|n| n > 0.0))
                 .filter_map(|r| Some((r.tasks as f64, metric(r)?.max(FLOOR_MS))))
                 .collect();
             if !pts.is_empty() {
