@@ -483,6 +483,16 @@ async fn an_update_reaches_the_engine_through_the_change_feed() {
 /// occurrence started exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_schedulers_start_each_occurrence_once() {
+    two_schedulers_each_occurrence_once(true).await;
+}
+
+/// The same without affinity: both race for every occurrence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_racing_schedulers_start_each_occurrence_once() {
+    two_schedulers_each_occurrence_once(false).await;
+}
+
+async fn two_schedulers_each_occurrence_once(affinity: bool) {
     const TASKS: usize = 1000;
     const OCCURRENCES: i64 = 100;
     let store = Arc::new(MemoryStore::with_retention(1000));
@@ -493,8 +503,15 @@ async fn two_schedulers_start_each_occurrence_once() {
     let clock = ManualClock::new(t0());
     let (probe_a, exec_a) = Probe::new(Mode::Succeed);
     let (probe_b, exec_b) = Probe::new(Mode::Succeed);
-    let a = start(store.clone(), &clock, exec_a, "a");
-    let b = start(store.clone(), &clock, exec_b, "b");
+    let node = |executor, name| {
+        Scheduler::builder(store.clone(), executor)
+            .clock(Arc::new(clock.clone()))
+            .node_id(name)
+            .affinity(affinity)
+            .start()
+    };
+    let a = node(exec_a, "a");
+    let b = node(exec_b, "b");
     let total = || probe_a.count.load(Ordering::SeqCst) + probe_b.count.load(Ordering::SeqCst);
     for second in 1..=OCCURRENCES {
         clock.set(t0() + secs(second));
@@ -504,6 +521,7 @@ async fn two_schedulers_start_each_occurrence_once() {
         })
         .await;
     }
+    let (a_stats, b_stats) = (a.stats(), b.stats());
     a.shutdown(Duration::from_secs(5)).await;
     b.shutdown(Duration::from_secs(5)).await;
     assert_eq!(total(), TASKS * OCCURRENCES as usize, "no duplicates");
@@ -522,6 +540,12 @@ async fn two_schedulers_start_each_occurrence_once() {
         by_node.values().sum::<usize>(),
         TASKS * OCCURRENCES as usize
     );
+    if !affinity {
+        assert!(
+            a_stats.claims_lost > 0 && b_stats.claims_lost > 0,
+            "the two raced: {a_stats:?} {b_stats:?}"
+        );
+    }
 }
 
 /// A store wrapper that fails every call while `down` is set.

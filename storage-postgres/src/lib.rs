@@ -24,7 +24,7 @@
 //! Everything lives in one PostgreSQL schema (default `tickwheel`), created
 //! by the embedded migrations ([`MIGRATOR`], applied by
 //! [`PgStoreBuilder::connect`] and [`PgStoreBuilder::from_pool`] unless
-//! turned off; [`migrate`] applies them by hand). Two tables:
+//! turned off; [`migrate`] applies them by hand). Three tables:
 //!
 //! - `tasks`: every task field in its own column (policy and notification
 //!   flattened), plus the engine state of the task: the ids of its running
@@ -36,6 +36,8 @@
 //!   serves history (newest first is a backward scan) and retention; running
 //!   executions by `(lease_until, id)` for recovery; failed attempts by
 //!   `(retry_at, id)` for retries.
+//! - `nodes`: the schedulers sharing the store and until when each is alive
+//!   (`Store::heartbeat`); a row is deleted a day after it expires.
 //!
 //! # Atomicity
 //!

@@ -165,7 +165,7 @@ impl Sql {
                     INSERT INTO {s}.nodes (node_id, alive_until) VALUES ($1, $3)
                     ON CONFLICT (node_id) DO UPDATE SET alive_until = EXCLUDED.alive_until),
                 gone AS (
-                    DELETE FROM {s}.nodes WHERE alive_until < $2 - interval '1 day')
+                    DELETE FROM {s}.nodes WHERE alive_until < $2 - interval '1 day' AND node_id <> $1)
                 SELECT n FROM (
                     SELECT node_id AS n FROM {s}.nodes WHERE alive_until > $2 AND node_id <> $1
                     UNION SELECT $1::text) live

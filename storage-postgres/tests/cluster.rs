@@ -65,8 +65,11 @@ async fn three_schedulers_start_each_occurrence_once() {
                     Ok(None)
                 }
             });
+            // node-0 claims everything (no affinity) while the other two
+            // split the tasks, so every occurrence is raced for by two.
             Scheduler::builder(Arc::new(store.clone()), executor)
                 .node_id(format!("node-{i}"))
+                .affinity(i != 0)
                 .start()
         })
         .collect();

@@ -35,8 +35,10 @@
 //! | `B:retry` | sorted set | failed attempts by the time their retry is due |
 //! | `B:tn:<tenant>` | sorted set | the tenant's tasks of this partition, by id |
 //!
-//! Plus `{P}:conf` (the partition count, checked when a store connects) and
-//! the pub/sub channel `P:changes`. Times are integer microseconds since the
+//! Plus `{P}:conf` (the partition count, checked when a store connects),
+//! `{P:nodes}` (a sorted set of the schedulers sharing the store, scored by
+//! when each heartbeat expires, in microseconds; an entry is removed a day
+//! after it expires) and the pub/sub channel `P:changes`. Times are integer microseconds since the
 //! Unix epoch: the store keeps microsecond precision (times come back cut to
 //! the microsecond, as from PostgreSQL). The caller's `now` is the only
 //! clock: no script reads Redis's time.

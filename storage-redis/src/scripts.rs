@@ -697,11 +697,13 @@ pub(crate) static HISTORY_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(HIS
 /// Scheduler membership (`Store::heartbeat`), without the prelude: `KEYS[1]`
 /// the membership sorted set `{prefix:nodes}` (score: alive-until in
 /// microseconds), `ARGV[1]` the node, `ARGV[2]` now, `ARGV[3]` its
-/// alive-until. Records the node, drops expired entries, returns the live
-/// names (this node's included).
+/// alive-until. Records the node, drops entries expired for a day, returns
+/// the live names (this node's included).
 const HEARTBEAT: &str = r#"
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+-- Entries are dropped a day after they expire, so a node whose clock runs
+-- ahead cannot delete its peers' live entries.
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', tonumber(ARGV[2]) - 86400e6))
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf')
 for _, n in ipairs(live) do
   if n == ARGV[1] then return live end

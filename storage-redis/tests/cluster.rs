@@ -39,8 +39,11 @@ async fn three_schedulers_start_each_occurrence_once() {
     for i in 0..3 {
         let store: Arc<dyn Store> = Arc::new(connect().await);
         schedulers.push(
+            // node-0 claims everything (no affinity) while the other two
+            // split the tasks, so every occurrence is raced for by two.
             Scheduler::builder(store, counting_executor(runs.clone()))
                 .node_id(format!("node-{i}"))
+                .affinity(i != 0)
                 .start(),
         );
     }

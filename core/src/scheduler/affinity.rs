@@ -13,12 +13,18 @@
 //! - The owner claims the task's occurrences on time. The others keep the
 //!   task on their wheel but, when it comes due, only advance their own copy
 //!   of `next_run` (a *shadow* advance), without a store call.
-//! - Any scheduler claims an occurrence that is late by `takeover_after`
-//!   (default 2 s) whoever owns it: every second each one reads the tasks
-//!   whose stored `next_run` is that late (an indexed due scan that is empty
-//!   while owners keep up) and claims them. So a node that dies, stalls or
-//!   cannot reach the store costs its tasks about `takeover_after` of
-//!   lateness until its heartbeat expires, and never a lost occurrence.
+//! - Any scheduler claims an occurrence whose jittered instant is
+//!   `takeover_after` (default 2 s) in the past whoever owns it: every
+//!   second each one reads the tasks whose stored `next_run` is that late
+//!   (an indexed due scan, empty while owners keep up unless tasks carry a
+//!   jitter longer than `takeover_after`) and claims the ones whose jittered
+//!   instant is. Such a claim counts as on time up to the misfire grace plus
+//!   `takeover_after` and a second. So a node that dies, stalls or cannot
+//!   reach the store costs its tasks about `takeover_after` of lateness
+//!   until its heartbeat expires, and never a lost occurrence.
+//! - A task written through this process (`SchedulerHandle::refresh`) has
+//!   its next occurrence claimed here whoever owns it, so a write fires on
+//!   time on the node that made it even before the owner hears of it.
 //!
 //! Exactly-once never depends on any of this: views of the membership may
 //! differ for a moment, two nodes may both think they own a task, and the

@@ -73,6 +73,9 @@ struct Scan {
     kind: ScanKind,
 }
 
+/// Longest a shutting-down scheduler waits to leave the membership.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How often the overdue scan runs while several nodes share the work.
 const OVERDUE_SCAN_EVERY: TimeDelta = TimeDelta::seconds(1);
 
@@ -107,6 +110,10 @@ pub(crate) struct Engine {
     backoff: Duration,
     backoff_until: Option<DateTime<Utc>>,
     stop_helpers: CancellationToken,
+    /// The heartbeat task (affinity) and its own stop, so shutdown can end
+    /// it before leaving the membership.
+    membership: Option<tokio::task::JoinHandle<()>>,
+    stop_membership: CancellationToken,
 }
 
 fn delta(d: Duration) -> TimeDelta {
@@ -127,6 +134,7 @@ impl Engine {
             .take()
             .expect("one engine per Shared");
         let now = shared.clock.now();
+        let stop_helpers = CancellationToken::new();
         Self {
             wheel: TimingWheel::with_now(tick(now)),
             shared,
@@ -144,7 +152,9 @@ impl Engine {
             full_scan_pending: true,
             backoff: BACKOFF_MIN,
             backoff_until: None,
-            stop_helpers: CancellationToken::new(),
+            stop_membership: stop_helpers.child_token(),
+            stop_helpers,
+            membership: None,
         }
     }
 
@@ -160,11 +170,11 @@ impl Engine {
         );
         tokio::spawn(self.shared.clone().recover(self.stop_helpers.child_token()));
         if self.shared.config.affinity {
-            tokio::spawn(
+            self.membership = Some(tokio::spawn(
                 self.shared
                     .clone()
-                    .keep_membership(self.stop_helpers.child_token()),
-            );
+                    .keep_membership(self.stop_membership.clone()),
+            ));
         }
         // The pending wait, kept across iterations while its deadline holds.
         let mut sleep: Option<(DateTime<Utc>, crate::SleepFuture)> = None;
@@ -200,7 +210,15 @@ impl Engine {
                 biased;
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Shutdown { deadline, reply }) => break Some((deadline, reply)),
-                    Some(Command::Refresh { tenant, task_id }) => self.refresh(&tenant, task_id).await,
+                    Some(Command::Refresh { tenant, task_id }) => {
+                        self.refresh(&tenant, task_id).await;
+                        // A write through this process fires on time here,
+                        // whether or not this node owns the task (its owner
+                        // hears of it only through the change feed).
+                        if let Some(t) = self.tracked.get_mut(&task_id) {
+                            t.takeover = true;
+                        }
+                    }
                     // The handle was dropped without a shutdown: stop at once.
                     None => break None,
                 },
@@ -314,11 +332,15 @@ impl Engine {
         let mut last = after;
         for task in tasks {
             let (id, next_run) = (task.id, task.next_run);
+            // Overdue: the occurrence's jittered instant, not just its time,
+            // is `takeover_after` in the past (the scan reads by time).
+            let overdue = next_run.is_some_and(|n| n + task.policy.jitter(id, n) <= horizon);
             if let Some(next) = next_run {
                 last = Some((next, id));
             }
             self.track(task, now);
             if kind == ScanKind::Overdue
+                && overdue
                 && let Some(t) = self.tracked.get_mut(&id)
                 && Some(t.next_run) == next_run
             {
@@ -467,6 +489,7 @@ impl Engine {
         let node = self.shared.config.node.clone();
         let grace = delta(self.shared.config.grace);
         let members = self.shared.members();
+        let takeover_grace = delta(self.shared.config.takeover_after) + OVERDUE_SCAN_EVERY;
         let mut shadows: Vec<(TaskId, Option<DateTime<Utc>>)> = Vec::new();
         while !self.ready.is_empty() {
             // Each batch is stamped with the time it is claimed at.
@@ -498,6 +521,14 @@ impl Engine {
                             shadows.push((*id, t.schedule.next_after(t.next_run)));
                             continue;
                         }
+                        // A taken-over occurrence is late because its owner
+                        // failed: judge it on time up to the grace plus the
+                        // takeover delay, as its owner would have.
+                        let grace = if t.takeover {
+                            grace + takeover_grace
+                        } else {
+                            grace
+                        };
                         let p = plan(&t.schedule, &t.task.policy, *id, t.next_run, now, grace);
                         let execution = p.run.map(|(at, trigger)| {
                             Execution::start(&t.task, at, 1, trigger, &node, now, lease_until)
@@ -686,14 +717,28 @@ impl Engine {
 
     async fn shutdown(&mut self, deadline: Duration) -> ShutdownReport {
         self.shared.begin_stopping();
-        if self.shared.config.affinity
-            && let Err(err) = self.shared.store.leave(&self.shared.config.node).await
-        {
-            tracing::warn!(%err, "leaving the membership failed; others take over when it expires");
+        let until = self.shared.clock.now() + delta(deadline);
+        if self.shared.config.affinity {
+            // The heartbeat loop first (it stops at its next turn: stopping
+            // is set), so no heartbeat lands after the leave; both bounded,
+            // so a store that is away cannot hold the shutdown up.
+            self.stop_membership.cancel();
+            if let Some(beat) = self.membership.take() {
+                let _ = tokio::time::timeout(LEAVE_TIMEOUT, beat).await;
+            }
+            let node = &self.shared.config.node;
+            match tokio::time::timeout(LEAVE_TIMEOUT, self.shared.store.leave(node)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(%err, "leaving the membership failed; others take over when it expires")
+                }
+                Err(_) => tracing::warn!(
+                    "leaving the membership timed out; others take over when it expires"
+                ),
+            }
         }
         self.shared.permits.close();
         let before = self.shared.running_count();
-        let until = self.shared.clock.now() + delta(deadline);
         let finished_in_time = self.shared.wait_idle(Some(until)).await;
         let abandoned = if finished_in_time {
             0

@@ -138,8 +138,12 @@ impl SchedulerBuilder {
         self
     }
 
-    /// This scheduler's name in execution records (default: `node-` and a
-    /// random suffix).
+    /// This scheduler's name in execution records and in the membership
+    /// the schedulers sharing a store keep (default: `node-` and a random
+    /// suffix). It must be unique among the live processes: two sharing a
+    /// name both own the same tasks (still started once each, but raced
+    /// for), and one's shutdown removes the other from the membership until
+    /// its next heartbeat.
     pub fn node_id(mut self, node: impl Into<String>) -> Self {
         self.config.node = node.into();
         self
@@ -294,7 +298,9 @@ pub struct SchedulerStats {
     /// overlap policy, or a `skip` misfire recorded).
     pub claims_won: u64,
     /// Claims another scheduler (or a write) got to first: wasted store
-    /// work, which affinity keeps near zero.
+    /// work. With affinity it stays near zero once the nodes have seen each
+    /// other, except for retries (any node claims those) and occurrences
+    /// taken over from an owner more than `takeover_after` behind.
     pub claims_lost: u64,
     /// Due occurrences left to the scheduler that owns them (affinity),
     /// without a store call.

@@ -31,9 +31,10 @@ pub(crate) struct Plan {
 /// occurrence runs and `next_run` moves to the next occurrence. Late, the
 /// misfire policy decides:
 /// - `fire_once`: run the latest occurrence that has passed (trigger
-///   `catch_up`), then continue after `now`;
+///   `catch_up`), then continue with the next one (the first not yet due,
+///   its jitter counted);
 /// - `skip`: run nothing, record the passed occurrences (the newest 100) as
-///   `missed`, continue after `now`;
+///   `missed`, continue with the first not yet due;
 /// - `catch_up`: run each passed occurrence oldest first, at most the newest
 ///   100 (the older ones are recorded `missed`).
 ///
@@ -73,12 +74,22 @@ pub(crate) fn plan(
                 .take_while(|t| *t + policy.jitter(task, *t) <= now),
         )
         .take(MAX_WALK);
+    // The occurrence after the last passed one, unless the walk stopped at
+    // MAX_WALK short of `now`: then the first one after `now`, so a very
+    // long outage still ends in one catch-up.
+    let after = |last: DateTime<Utc>| {
+        let next = schedule.next_after(last);
+        match next {
+            Some(n) if n + policy.jitter(task, n) <= now => schedule.next_after(now),
+            _ => next,
+        }
+    };
     match policy.misfire {
         Misfire::FireOnce => {
             let latest = passed.last().unwrap_or(at);
             Plan {
                 run: Some((latest, Trigger::CatchUp)),
-                next_run: schedule.next_after(latest),
+                next_run: after(latest),
                 missed: Vec::new(),
             }
         }
@@ -86,7 +97,7 @@ pub(crate) fn plan(
             let missed = newest(passed, MAX_CATCH_UP);
             Plan {
                 run: None,
-                next_run: schedule.next_after(missed.last().copied().unwrap_or(at)),
+                next_run: after(missed.last().copied().unwrap_or(at)),
                 missed,
             }
         }
@@ -302,6 +313,19 @@ mod tests {
                     assert!(next + p.jitter(id, next) > now, "{m:?}: {next} is due");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_walk_cut_short_still_ends_in_one_catch_up() {
+        // Every second, down for 20 days: more occurrences than MAX_WALK.
+        let s = Schedule::parse("* * * * * *", "UTC").unwrap();
+        let start = at("2030-01-01T00:00:00Z");
+        let now = start + Duration::days(20);
+        for m in [Misfire::FireOnce, Misfire::Skip] {
+            let p = plan(&s, &policy(m), TaskId::new(), start, now, GRACE);
+            let next = p.next_run.unwrap();
+            assert!(next > now, "{m:?}: next_run {next} is not after {now}");
         }
     }
 
