@@ -5,7 +5,9 @@
 //! the store's claim work is wasted. With it:
 //!
 //! - Each scheduler heartbeats into the store ([`Store::heartbeat`]) every
-//!   second with a 3 s expiry, and gets back the names of the live nodes.
+//!   second (200 ms apart for the first few, so schedulers started
+//!   together see each other at once) with a 3 s expiry, and gets back the
+//!   names of the live nodes.
 //! - Each task has one *owner* among them, chosen by rendezvous hashing of
 //!   the task id with each node name: every node computes the same owner
 //!   from the same list, and when a node joins or leaves only the tasks it
@@ -47,6 +49,8 @@ use crate::store::Store;
 pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// How long a heartbeat keeps a node in the membership.
 pub(crate) const MEMBER_TTL: Duration = Duration::from_secs(3);
+/// Heartbeats 200 ms apart at start, before the 1 s rhythm.
+const QUICK_BEATS: u32 = 4;
 
 /// The live nodes as this scheduler last saw them.
 #[derive(Debug, Clone, Default)]
@@ -152,6 +156,11 @@ impl Shared {
         let ttl = TimeDelta::from_std(MEMBER_TTL).unwrap_or(TimeDelta::seconds(3));
         let every = TimeDelta::from_std(HEARTBEAT_EVERY).unwrap_or(TimeDelta::seconds(1));
         let mut last_ok: Option<DateTime<Utc>> = None;
+        // Schedulers started together first see only those that beat
+        // before them: the first beats come quickly, so the split settles
+        // in a fraction of a second rather than a whole heartbeat.
+        let quick = TimeDelta::milliseconds(200);
+        let mut beats = 0u32;
         loop {
             if self.is_stopping() {
                 return;
@@ -173,8 +182,10 @@ impl Shared {
                     }
                 }
             }
+            beats += 1;
+            let pause = if beats < QUICK_BEATS { quick } else { every };
             tokio::select! {
-                () = self.clock.sleep_until(now + every) => {}
+                () = self.clock.sleep_until(now + pause) => {}
                 () = stop.cancelled() => return,
             }
         }
