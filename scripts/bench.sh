@@ -77,18 +77,7 @@ PLOT="$TARGET/release/plot"
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/tickwheel-bench.XXXXXX")"
-chmod 755 "$WORKDIR"
-cleanup() {
-  local status=$?
-  trap - EXIT
-  run_cleanups
-  rm -rf "$WORKDIR"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+use_workdir bench
 
 step() { printf '\n==> [%02d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 

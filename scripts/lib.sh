@@ -60,3 +60,24 @@ wait_until() {
     sleep 0.1
   done
 }
+
+# A throwaway working directory in $WORKDIR (traversable by the postgres
+# user) and the traps that tidy up: on exit the registered shutdowns run
+# (newest first) and the directory goes; a signal ends the run as a failure
+# (the EXIT trap then cleans up), never as the status of whatever step was
+# running. $1 names the directory.
+use_workdir() {
+  WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/tickwheel-$1.XXXXXX")"
+  chmod 755 "$WORKDIR"
+  trap _cleanup_workdir EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+_cleanup_workdir() {
+  local status=$?
+  trap - EXIT
+  run_cleanups
+  rm -rf "$WORKDIR"
+  exit "$status"
+}

@@ -16,21 +16,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/tickwheel-test.XXXXXX")"
-chmod 755 "$WORKDIR"
-cleanup() {
-  local status=$?
-  trap - EXIT
-  # Registered shutdowns run in reverse order of registration.
-  run_cleanups
-  rm -rf "$WORKDIR"
-  exit "$status"
-}
-trap cleanup EXIT
-# A signal ends the run as a failure (the EXIT trap then cleans up), never
-# as the status of whatever step happened to be running.
-trap 'exit 130' INT
-trap 'exit 143' TERM
+use_workdir test
 
 step() { printf '\n==> %s\n' "$*"; }
 

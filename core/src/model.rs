@@ -267,14 +267,8 @@ impl Policy {
         if self.jitter_ms == 0 {
             return chrono::Duration::zero();
         }
-        /// splitmix64's finalizer: a few multiplies, evenly spread.
-        fn mix(mut z: u64) -> u64 {
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
         let (hi, lo) = task.as_uuid().as_u64_pair();
-        let h = mix(hi ^ mix(lo ^ mix(at.timestamp_millis() as u64)));
+        let h = mix64(hi ^ mix64(lo ^ mix64(at.timestamp_millis() as u64)));
         chrono::Duration::milliseconds((h % (self.jitter_ms + 1)) as i64)
     }
 
@@ -288,6 +282,14 @@ impl Policy {
                 .min(MAX_BACKOFF_MS),
         )
     }
+}
+
+/// splitmix64's finalizer: a few multiplies, evenly spread, the same in
+/// every process and version (jitter offsets, task owners).
+pub(crate) fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// How a task's results are announced.

@@ -41,7 +41,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::run::Shared;
-use crate::model::TaskId;
+use crate::model::{TaskId, mix64};
 #[cfg(doc)]
 use crate::store::Store;
 
@@ -115,23 +115,16 @@ fn seed(node: &str) -> u64 {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    mix(h)
+    mix64(h)
 }
 
 fn task_hash(task: TaskId) -> u64 {
     let v = task.as_uuid().as_u128();
-    mix((v as u64) ^ mix((v >> 64) as u64))
+    mix64((v as u64) ^ mix64((v >> 64) as u64))
 }
 
 fn score(task: u64, node: u64) -> u64 {
-    mix(task ^ node)
-}
-
-/// The splitmix64 finalizer.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    mix64(task ^ node)
 }
 
 impl Shared {

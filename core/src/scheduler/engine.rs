@@ -17,6 +17,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::affinity::Members;
 use super::plan::plan;
 use super::run::{Cancel, Event, Shared};
 use super::{ShutdownReport, tick};
@@ -114,6 +115,8 @@ pub(crate) struct Engine {
     /// it before leaving the membership.
     membership: Option<tokio::task::JoinHandle<()>>,
     stop_membership: CancellationToken,
+    /// The membership as of this loop turn (read once a turn, not per use).
+    members: Members,
 }
 
 fn delta(d: Duration) -> TimeDelta {
@@ -135,6 +138,7 @@ impl Engine {
             .expect("one engine per Shared");
         let now = shared.clock.now();
         let stop_helpers = CancellationToken::new();
+        let members = Members::everything(&shared.config.node);
         Self {
             wheel: TimingWheel::with_now(tick(now)),
             shared,
@@ -153,6 +157,7 @@ impl Engine {
             backoff: BACKOFF_MIN,
             backoff_until: None,
             stop_membership: stop_helpers.child_token(),
+            members,
             stop_helpers,
             membership: None,
         }
@@ -179,6 +184,7 @@ impl Engine {
         // The pending wait, kept across iterations while its deadline holds.
         let mut sleep: Option<(DateTime<Utc>, crate::SleepFuture)> = None;
         let shutdown = loop {
+            self.members = self.shared.members();
             let now = self.shared.clock.now();
             if self.feed.is_none() {
                 self.subscribe().await;
@@ -240,7 +246,7 @@ impl Engine {
     /// The next moment the loop has something to do.
     fn wake_time(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         let mut wake = self.next_refill.min(self.next_full_scan);
-        if self.shared.members().is_split() {
+        if self.members.is_split() {
             wake = wake.min(self.next_overdue_scan);
         }
         if let Some(until) = self.backoff_until {
@@ -305,7 +311,7 @@ impl Engine {
                 horizon,
                 kind: ScanKind::Refill,
             });
-        } else if now >= self.next_overdue_scan && self.shared.members().is_split() {
+        } else if now >= self.next_overdue_scan && self.members.is_split() {
             self.scan = Some(Scan {
                 after: None,
                 horizon: now - delta(self.shared.config.takeover_after),
@@ -488,7 +494,7 @@ impl Engine {
     async fn claim_ready(&mut self) {
         let node = self.shared.config.node.clone();
         let grace = delta(self.shared.config.grace);
-        let members = self.shared.members();
+        let members = self.members.clone();
         let takeover_grace = delta(self.shared.config.takeover_after) + OVERDUE_SCAN_EVERY;
         let mut shadows: Vec<(TaskId, Option<DateTime<Utc>>)> = Vec::new();
         while !self.ready.is_empty() {
