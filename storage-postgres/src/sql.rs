@@ -334,7 +334,8 @@ ORDER BY d.i";
 /// Inputs are parallel arrays, one element per finish: `$1` execution,
 /// `$2` fence, `$3` status, `$4` finished at, `$5` error, `$6` output,
 /// `$7` retry at, `$8` node, `$9` lease for a queued start, `$10` its id;
-/// then `$11` retention and `$12` the count that triggers a trim.
+/// then `$11` retention and `$12` the count that triggers a trim; `$13` the
+/// actual start of each run (NULL: as claimed).
 ///
 /// Finishes of the same task are folded as if applied in order: the task's
 /// status is settled by the last one that settles it, and a queued
@@ -342,9 +343,10 @@ ORDER BY d.i";
 const FINISH: &str = "
 WITH f0 AS (
     SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::timestamptz[], $5::text[],
-        $6::text[], $7::timestamptz[], $8::text[], $9::timestamptz[], $10::uuid[])
+        $6::text[], $7::timestamptz[], $8::text[], $9::timestamptz[], $10::uuid[],
+        $13::timestamptz[])
     WITH ORDINALITY AS f0(id, fence, status, finished_at, error, output, retry_at, node,
-        lease_until, queued_id, i)
+        lease_until, queued_id, started_at, i)
 ),
 -- Only tasks whose state a finish changes are locked: those that keep
 -- running ids (overlap other than `allow`), one-time tasks (their status),
@@ -358,8 +360,9 @@ l AS (
 ),
 f AS (
     UPDATE {s}.executions e SET status = f0.status, fence = e.fence + 1,
-        finished_at = f0.finished_at,
-        duration_ms = GREATEST(0, floor(extract(epoch FROM f0.finished_at - e.started_at) * 1000))::int8,
+        started_at = COALESCE(f0.started_at, e.started_at), finished_at = f0.finished_at,
+        duration_ms = GREATEST(0, floor(extract(epoch FROM
+            f0.finished_at - COALESCE(f0.started_at, e.started_at)) * 1000))::int8,
         error = f0.error, output = f0.output, lease_until = NULL, retry_at = f0.retry_at
     FROM f0
     WHERE e.id = f0.id AND e.status = 'running' AND e.fence = f0.fence

@@ -41,6 +41,7 @@ struct FinishJob {
     id: Uuid,
     fence: i64,
     status: String,
+    started_at: Option<DateTime<Utc>>,
     finished_at: DateTime<Utc>,
     error: Option<String>,
     output: Option<String>,
@@ -123,6 +124,7 @@ async fn finish_batch(
     let fences: Vec<i64> = batch.iter().map(|j| j.fence).collect();
     let statuses: Vec<&str> = batch.iter().map(|j| j.status.as_str()).collect();
     let finished_at: Vec<DateTime<Utc>> = batch.iter().map(|j| j.finished_at).collect();
+    let started_at: Vec<Option<DateTime<Utc>>> = batch.iter().map(|j| j.started_at).collect();
     let errors: Vec<Option<&str>> = batch.iter().map(|j| j.error.as_deref()).collect();
     let outputs: Vec<Option<&str>> = batch.iter().map(|j| j.output.as_deref()).collect();
     let retry_at: Vec<Option<DateTime<Utc>>> = batch.iter().map(|j| j.retry_at).collect();
@@ -144,6 +146,7 @@ async fn finish_batch(
             .bind(&queued_ids)
             .bind(retention)
             .bind(trim_at)
+            .bind(&started_at)
             .fetch_all(pool)
             .await;
         match result {
@@ -945,6 +948,7 @@ impl Store for crate::PgStore {
             id: f.id.as_uuid(),
             fence: i64_of(f.fence, "fence")?,
             status: text_of(&f.status),
+            started_at: f.started_at,
             finished_at: f.finished_at,
             error: f.error.map(|s| truncate(without_nul(s), MAX_ERROR_BYTES)),
             output: f.output.map(|s| truncate(without_nul(s), MAX_OUTPUT_BYTES)),

@@ -66,6 +66,7 @@ fn finish(e: &Execution, status: ExecutionStatus, now: i64, retry: Option<i64>) 
         id: e.id,
         fence: e.fence,
         status,
+        started_at: None,
         finished_at: at(now),
         error: Some("it's a 'test'; DROP TABLE tasks; --".into()),
         output: Some("line\nwith\ttabs \\ and \"quotes\"".into()),

@@ -200,6 +200,7 @@ pub(crate) fn exec_from_pairs(pairs: &[Vec<u8>]) -> Result<Execution, Error> {
     let mut error = None;
     let mut output = None;
     let mut retry_at = None;
+    let mut started_at = None;
     for pair in pairs.chunks(2) {
         let [name, value] = pair else {
             return Err(corrupt("odd execution field list"));
@@ -210,6 +211,9 @@ pub(crate) fn exec_from_pairs(pairs: &[Vec<u8>]) -> Result<Execution, Error> {
             b"fence" => fence = Some(number(value)?),
             b"lease" => lease_until = opt_micros(value)?,
             b"fa" => finished_at = opt_micros(value)?,
+            // The start as last recorded: the claim's, or the actual one a
+            // finish reported (the encoding keeps the claim's).
+            b"sa" => started_at = opt_micros(value)?,
             b"dur" if !value.is_empty() => duration_ms = Some(number(value)?),
             b"err" => error = parse_opt_text(value)?,
             b"out" => output = parse_opt_text(value)?,
@@ -228,7 +232,10 @@ pub(crate) fn exec_from_pairs(pairs: &[Vec<u8>]) -> Result<Execution, Error> {
         task_id: text(task)?.parse().map_err(|_| corrupt("bad task id"))?,
         tenant: text(tenant)?,
         scheduled_for: parse_micros(sf)?,
-        started_at: parse_micros(sa)?,
+        started_at: match started_at {
+            Some(at) => at,
+            None => parse_micros(sa)?,
+        },
         finished_at,
         duration_ms,
         attempt: number(attempt)?,

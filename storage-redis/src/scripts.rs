@@ -556,12 +556,13 @@ return 'ok'
 /// of results, then per result: partition base, execution id, fence,
 /// status, finished_at, error ("" none, else `=` and the text), output
 /// (same), retry_at ("" none), node, lease_until, id for a queued
-/// occurrence started here. Returns one reply per result: `{'OK'}`,
+/// occurrence started here, the run's actual start ("" as claimed). Returns one reply per result: `{'OK'}`,
 /// `{'OK', started execution fields}`, `{'C', 'gone'}`, `{'C', 'taken'}`
 /// or `{'I'}` (status `running`). The same result sent twice (a reply lost
 /// with the connection) is `{'OK'}` the second time.
 const FINISH: &str = r#"
-local function finish_one(eid, fence, status, fa, err, output, retry, node, lease, new_id)
+local function finish_one(eid, fence, status, fa, err, output, retry, node, lease, new_id,
+    actual)
   local x = xkey(eid)
   local st, xf, tid, trig, sa, xfa, tb =
     unpack(redis.call('HMGET', x, 'st', 'fence', 'task', 'trig', 'sa', 'fa', 'tb'))
@@ -574,9 +575,14 @@ local function finish_one(eid, fence, status, fa, err, output, retry, node, leas
   end
   if status == 'running' then return {'I'} end
   local extra = {'out', output}
+  if actual ~= '' then
+    sa = actual
+    extra[3] = 'sa'
+    extra[4] = actual
+  end
   if retry ~= '' and status ~= 'succeeded' then
-    extra[3] = 'retry'
-    extra[4] = retry
+    extra[#extra + 1] = 'retry'
+    extra[#extra + 1] = retry
     redis.call('ZADD', RETRY, retry, eid)
   else
     retry = ''
@@ -598,8 +604,8 @@ local i = 4
 for c = 1, tonumber(ARGV[3]) do
   use_base(ARGV[i])
   out[c] = finish_one(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
-    ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10])
-  i = i + 11
+    ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11])
+  i = i + 12
 end
 return out
 "#;

@@ -242,6 +242,8 @@ struct FinishItem {
     id: String,
     fence: u64,
     status: String,
+    /// The actual start ("" as claimed).
+    started_at: String,
     finished_at: String,
     /// Encoded by `opt_text`.
     error: String,
@@ -259,6 +261,7 @@ impl FinishItem {
             id: f.id.to_string(),
             fence: f.fence,
             status: name_of(&f.status),
+            started_at: f.started_at.map(micros).unwrap_or_default(),
             finished_at: micros(f.finished_at),
             error: opt_text(f.error.map(|s| truncate(s, MAX_ERROR_BYTES)).as_deref()),
             output: opt_text(f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES)).as_deref()),
@@ -281,7 +284,8 @@ impl FinishItem {
             .arg(&self.retry_at)
             .arg(&self.node)
             .arg(&self.lease_until)
-            .arg(&self.queued_id);
+            .arg(&self.queued_id)
+            .arg(&self.started_at);
     }
 }
 

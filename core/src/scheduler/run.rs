@@ -348,6 +348,7 @@ impl Shared {
             id: e.id,
             fence: e.fence,
             status,
+            started_at: None,
             finished_at: now,
             error,
             output,

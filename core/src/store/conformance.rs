@@ -38,6 +38,7 @@ macro_rules! conformance_tests {
             delete_removes_task_and_history,
             due_scan_is_a_window_in_order,
             claim_wins_once,
+            finish_records_the_actual_start,
             claim_race_has_one_winner,
             claim_requires_the_seen_version_and_enabled,
             claim_records_missed_occurrences,
@@ -139,6 +140,7 @@ fn finish(e: &Execution, status: ExecutionStatus, at: DateTime<Utc>) -> Finish {
         id: e.id,
         fence: e.fence,
         status,
+        started_at: None,
         finished_at: at,
         error: (status != ExecutionStatus::Succeeded).then(|| "boom".to_owned()),
         output: Some("out".to_owned()),
@@ -410,6 +412,39 @@ pub async fn claim_wins_once(store: &dyn Store) {
         other => panic!("second claim: {other:?}"),
     }
     assert_eq!(history(store, &task).await.len(), 1);
+}
+
+/// A claim made ahead of its instant records the planned start; the finish
+/// reports the actual one, which history keeps (and counts the duration
+/// from). A finish without it keeps the claimed start.
+pub async fn finish_records_the_actual_start(store: &dyn Store) {
+    let t = tenant("actual-start");
+    let task = create(store, every_minute(&t)).await;
+    let planned = t0() + secs(60);
+    let e = started(claim_one(store, scheduled(&task, "node-a", planned)).await);
+    assert_eq!(e.started_at, planned);
+    let mut f = finish(&e, ExecutionStatus::Succeeded, planned + secs(5));
+    f.started_at = Some(planned + Duration::milliseconds(2_250));
+    store.finish(f).await.expect("finish");
+    let first = history(store, &task).await.remove(0);
+    assert_eq!(
+        (first.started_at, first.duration_ms),
+        (planned + Duration::milliseconds(2_250), Some(2_750)),
+        "the actual start and the duration from it"
+    );
+
+    let task = store.get_task(&t, task.id).await.expect("get");
+    let planned = t0() + secs(120);
+    let e = started(claim_one(store, scheduled(&task, "node-a", planned)).await);
+    store
+        .finish(finish(&e, ExecutionStatus::Succeeded, planned + secs(1)))
+        .await
+        .expect("finish");
+    let newest = history(store, &task).await.remove(0);
+    assert_eq!(
+        (newest.started_at, newest.duration_ms),
+        (planned, Some(1_000))
+    );
 }
 
 /// Many concurrent claimers of one occurrence: exactly one wins.

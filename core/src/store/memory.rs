@@ -729,6 +729,14 @@ impl Store for MemoryStore {
             ));
         }
         let error = f.error.map(|s| truncate(s, MAX_ERROR_BYTES));
+        if let Some(at) = f.started_at
+            && let Some(e) = inner
+                .tasks
+                .get_mut(&task_id)
+                .and_then(|r| r.execution_mut(&key))
+        {
+            e.started_at = at;
+        }
         let trigger = inner
             .end_running(task_id, key, f.status, f.finished_at, error)
             .expect("checked above");

@@ -187,6 +187,11 @@ pub struct Finish {
     pub fence: u64,
     /// `succeeded`, `failed`, `timed_out` or `abandoned`.
     pub status: ExecutionStatus,
+    /// When the run really started, if not when its claim recorded: a claim
+    /// made ahead of its instant records the planned start, and the run
+    /// reports the actual one here. `None` keeps the recorded start. The
+    /// duration is counted from the start kept.
+    pub started_at: Option<DateTime<Utc>>,
     /// When it ended.
     pub finished_at: DateTime<Utc>,
     /// Error message.
