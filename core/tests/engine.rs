@@ -194,6 +194,91 @@ async fn fires_each_occurrence_on_time() {
     );
 }
 
+/// An occurrence is claimed `claim_ahead` before its instant (recorded
+/// `running` with the planned start) and run at the instant; a run that
+/// starts late records its actual start; a shutdown runs what it claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn occurrences_are_claimed_ahead_and_run_at_their_instant() {
+    let store = Arc::new(MemoryStore::new());
+    let task = create(store.as_ref(), "*/10 * * * * *", Policy::default()).await;
+    let clock = ManualClock::new(t0());
+    let (probe, executor) = Probe::new(Mode::Succeed);
+    let scheduler = Scheduler::builder(store.clone(), executor)
+        .clock(Arc::new(clock.clone()))
+        .node_id("a")
+        .claim_ahead(Duration::from_millis(100))
+        .start();
+    let ms = TimeDelta::milliseconds;
+    let newest = || async { history(store.as_ref(), &task).await.remove(0) };
+    let claimed = |n: usize| {
+        let store = store.clone();
+        let task = task.clone();
+        async move {
+            let h = history(store.as_ref(), &task).await;
+            h.len() == n && h[0].status == ExecutionStatus::Running
+        }
+    };
+
+    // On time: claimed 60 ms ahead, run at the instant.
+    let at = t0() + secs(10);
+    clock.set(at - ms(60));
+    eventually("the first occurrence claimed ahead", || claimed(1)).await;
+    assert_eq!(newest().await.started_at, at, "the planned start");
+    assert!(
+        probe.try_next().is_none(),
+        "nothing runs before its instant"
+    );
+    clock.set(at);
+    let run = probe.next().await;
+    assert_eq!(run.execution.started_at, at);
+    eventually("the first run recorded", || async {
+        let e = newest().await;
+        e.status == ExecutionStatus::Succeeded && e.started_at == at
+    })
+    .await;
+
+    // Late: the process stalls past the instant; the actual start is kept.
+    let at = t0() + secs(20);
+    clock.set(at - ms(60));
+    eventually("the second occurrence claimed ahead", || claimed(2)).await;
+    clock.set(at + ms(30));
+    let run = probe.next().await;
+    assert_eq!(
+        run.execution.started_at,
+        at + ms(30),
+        "the executor sees it"
+    );
+    eventually("the late start recorded", || async {
+        let e = newest().await;
+        e.status == ExecutionStatus::Succeeded
+            && e.started_at == at + ms(30)
+            && e.duration_ms == Some(0)
+    })
+    .await;
+
+    // Shutdown: a claimed occurrence still runs at its instant.
+    let at = t0() + secs(30);
+    clock.set(at - ms(60));
+    eventually("the third occurrence claimed ahead", || claimed(3)).await;
+    let handle = scheduler.handle();
+    let stopping = tokio::spawn(scheduler.shutdown(Duration::from_secs(5)));
+    eventually("the shutdown under way", || async {
+        matches!(
+            handle.trigger_now("acme", TaskId::new()).await,
+            Err(Error::ShuttingDown)
+        )
+    })
+    .await;
+    clock.set(at);
+    assert_eq!(probe.next().await.execution.started_at, at);
+    let report = tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
+    assert_eq!(report.abandoned, 0);
+    eventually("the third run recorded", || async {
+        newest().await.status == ExecutionStatus::Succeeded
+    })
+    .await;
+}
+
 /// Stop, advance an hour, start: the misfire policy decides what runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_after_an_hour_follows_the_misfire_policy() {

@@ -224,6 +224,18 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
         .with_context(|| format!("{flag} {value:?}: expected a whole number"))
 }
 
+/// What `--help` prints (the options are explained in the module docs).
+const USAGE: &str = "loadgen [--engine tickwheel|tokio-cron-scheduler|apalis|delayqueue] \
+--store memory|postgres://…|redis://…[,redis://…] --tasks N --seconds S [--nodes K] \
+[--jitter-ms J] [--schedule EXPR] [--max-concurrent C] [--timeline] \
+[--lateness-out PATH] [--max-setup-s T]
+
+Creates N jobs firing on EXPR (default every second), runs K scheduler
+instances on one store for a window of S seconds, audits every occurrence
+due in the window and prints one JSON line: expected, fired, lost,
+duplicates, lateness percentiles, RSS and CPU. Details: the module docs of
+benches/src/bin/loadgen.rs.";
+
 fn parse_args() -> Result<Args> {
     let mut engine = "tickwheel".to_owned();
     let mut store = "memory".to_owned();
@@ -256,7 +268,11 @@ fn parse_args() -> Result<Args> {
             "--timeline" => args.timeline = true,
             "--lateness-out" => args.lateness_out = Some(value()?.into()),
             "--max-setup-s" => args.max_setup_s = number(&flag, &value()?)?,
-            other => bail!("unknown option {other:?}"),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown option {other:?} (try --help)"),
         }
     }
     args.engine = Engine::parse(&engine)?;

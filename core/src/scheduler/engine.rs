@@ -167,6 +167,10 @@ impl Engine {
         delta(self.shared.config.look_ahead)
     }
 
+    fn claim_ahead(&self) -> TimeDelta {
+        delta(self.shared.config.claim_ahead)
+    }
+
     pub(crate) async fn run(mut self) {
         tokio::spawn(
             self.shared
@@ -194,7 +198,8 @@ impl Engine {
                 self.scan_page(now).await;
             }
             let now = self.shared.clock.now();
-            while let Some((_, _, due)) = self.wheel.poll(tick(now)) {
+            // Occurrences are claimed `claim_ahead` before their instant.
+            while let Some((_, _, due)) = self.wheel.poll(tick(now + self.claim_ahead())) {
                 if let Due::Task(id) = &due
                     && let Some(t) = self.tracked.get_mut(id)
                 {
@@ -257,7 +262,7 @@ impl Engine {
             wake = now;
         }
         if let Some(deadline) = self.wheel.next_deadline() {
-            wake = wake.min(from_tick(deadline));
+            wake = wake.min(from_tick(deadline) - self.claim_ahead());
         }
         wake.max(now)
     }
@@ -537,7 +542,10 @@ impl Engine {
                         };
                         let p = plan(&t.schedule, &t.task.policy, *id, t.next_run, now, grace);
                         let execution = p.run.map(|(at, trigger)| {
-                            Execution::start(&t.task, at, 1, trigger, &node, now, lease_until)
+                            // Claimed ahead, it is recorded as starting at
+                            // its instant (the run corrects that if late).
+                            let start = now.max(at + t.task.policy.jitter(*id, at));
+                            Execution::start(&t.task, at, 1, trigger, &node, start, lease_until)
                         });
                         let claim = Claim {
                             task_id: *id,
@@ -554,13 +562,14 @@ impl Engine {
                         (claim, t.task.clone(), p.next_run)
                     }
                     Due::Retry { failed, task } => {
+                        let start = failed.retry_at.map_or(now, |at| now.max(at));
                         let execution = Execution::start(
                             task,
                             failed.scheduled_for,
                             failed.attempt + 1,
                             Trigger::Retry,
                             &node,
-                            now,
+                            start,
                             lease_until,
                         );
                         let claim = Claim {

@@ -239,9 +239,29 @@ impl Shared {
         mut cause: Arc<OnceLock<Cancel>>,
     ) {
         loop {
+            // A run claimed ahead waits for its instant; the start recorded
+            // is the actual one, reported with the result when it differs.
+            let claimed_start = execution.started_at;
+            if claimed_start > self.clock.now() {
+                tokio::select! {
+                    () = self.clock.sleep_until(claimed_start) => {}
+                    () = cancel.cancelled() => {}
+                }
+            }
+            if !cancel.is_cancelled() {
+                execution.started_at = claimed_start.max(self.clock.now());
+            }
             let outcome = self.perform(&task, &execution, &cancel).await;
+            let actual_start =
+                (execution.started_at != claimed_start).then_some(execution.started_at);
             let next = self
-                .record(&task, &execution, outcome, cause.get().copied())
+                .record(
+                    &task,
+                    &execution,
+                    actual_start,
+                    outcome,
+                    cause.get().copied(),
+                )
                 .await;
             self.unregister(execution.id);
             let Some(next) = next else {
@@ -307,6 +327,7 @@ impl Shared {
         &self,
         task: &Task,
         e: &Execution,
+        actual_start: Option<DateTime<Utc>>,
         outcome: Outcome,
         cause: Option<Cancel>,
     ) -> Option<Execution> {
@@ -348,7 +369,7 @@ impl Shared {
             id: e.id,
             fence: e.fence,
             status,
-            started_at: None,
+            started_at: actual_start,
             finished_at: now,
             error,
             output,
