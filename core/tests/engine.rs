@@ -819,6 +819,83 @@ async fn a_store_outage_delays_runs_but_loses_none() {
 /// When one can no longer claim but still heartbeats, the other claims its
 /// occurrences once they are `takeover_after` late; when it stops
 /// heartbeating too, the other owns its tasks. None lost, none run twice.
+/// When every node is behind (here: the clock jumps 2 s, as after a pause
+/// of the whole cluster shorter than the membership's expiry), none takes
+/// over its peers' late occurrences: each owner catches up on its own, and
+/// no claim races another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_are_all_behind_do_not_take_over() {
+    const TASKS: usize = 100;
+    let store = MemoryStore::with_retention(1000);
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        tasks.push(create(&store, "* * * * * *", Policy::default()).await);
+    }
+    let clock = ManualClock::new(t0());
+    let node = |name: &str| {
+        let (_probe, executor) = Probe::new(Mode::Succeed);
+        Scheduler::builder(Arc::new(store.clone()), executor)
+            .clock(Arc::new(clock.clone()))
+            .node_id(name)
+            .takeover_after(Duration::from_millis(500))
+            .start()
+    };
+    let (a, b) = (node("a"), node("b"));
+    let ran_at = |second: i64| {
+        let (store, tasks) = (&store, &tasks);
+        async move {
+            for task in tasks {
+                let done = history(store, task)
+                    .await
+                    .iter()
+                    .any(|e| e.scheduled_for == t0() + secs(second) && e.status.is_final());
+                if !done {
+                    return false;
+                }
+            }
+            true
+        }
+    };
+    for second in 1..=4 {
+        clock.set(t0() + secs(second));
+        eventually(&format!("runs of second {second}"), || ran_at(second)).await;
+    }
+    eventually("both nodes see both", || async {
+        a.stats().members == 2 && b.stats().members == 2
+    })
+    .await;
+    let lost_before = [a.stats().claims_lost, b.stats().claims_lost];
+    // Occurrences of second 5 are 1 s late, twice `takeover_after`.
+    clock.set(t0() + secs(6));
+    eventually("the late runs", || async {
+        ran_at(5).await && ran_at(6).await
+    })
+    .await;
+    for second in 7..=8 {
+        clock.set(t0() + secs(second));
+        eventually(&format!("runs of second {second}"), || ran_at(second)).await;
+    }
+    for (node, lost) in [&a, &b].into_iter().zip(lost_before) {
+        let stats = node.stats();
+        assert_eq!(stats.members, 2, "{stats:?}");
+        assert_eq!(
+            stats.claims_lost, lost,
+            "no claim raced the owner's: {stats:?}"
+        );
+    }
+    for task in &tasks {
+        let nodes: HashSet<String> = history(&store, task)
+            .await
+            .into_iter()
+            .filter(|e| e.scheduled_for >= t0() + secs(4))
+            .map(|e| e.node)
+            .collect();
+        assert_eq!(nodes.len(), 1, "task {} ran on {nodes:?}", task.id);
+    }
+    a.shutdown(Duration::from_secs(5)).await;
+    b.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_has_its_tasks_taken_over() {
     const TASKS: usize = 200;
@@ -855,20 +932,28 @@ async fn a_silent_node_has_its_tasks_taken_over() {
         }
     };
     let mut lost_at_5 = [0, 0];
+    // The first second both nodes saw both (their heartbeats run on the
+    // manual clock too, so on a busy machine they may lag a step).
+    let mut settled = None;
     for second in 1..=10 {
         clock.set(t0() + secs(second));
         eventually(&format!("runs up to second {second}"), || ran_upto(second)).await;
+        if settled.is_none() && a.stats().members == 2 && b.stats().members == 2 {
+            settled = Some(second);
+        }
         if second == 5 {
             lost_at_5 = [a.stats().claims_lost, b.stats().claims_lost];
         }
     }
-    // Once both had heartbeated (second 1), each task ran on one node.
+    let settled = settled.expect("both nodes see both by second 10");
+    assert!(settled <= 5, "membership settled at second {settled}");
+    // Once both see both, each task runs on one node.
     let mut owned = HashMap::<String, usize>::new();
     for task in &tasks {
         let nodes: HashSet<String> = history(&store, task)
             .await
             .into_iter()
-            .filter(|e| e.scheduled_for >= t0() + secs(3))
+            .filter(|e| e.scheduled_for > t0() + secs(settled))
             .map(|e| e.node)
             .collect();
         assert_eq!(nodes.len(), 1, "task {} ran on {nodes:?}", task.id);

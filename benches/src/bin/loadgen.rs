@@ -7,13 +7,15 @@
 //!     [--engine tickwheel|tokio-cron-scheduler|apalis|delayqueue] \
 //!     --store memory|postgres://…|redis://… --tasks N --seconds S [--nodes K] \
 //!     [--jitter-ms J] [--schedule EXPR] [--max-concurrent C] [--timeline] \
-//!     [--lateness-out PATH] [--max-setup-s T]
+//!     [--lateness-out PATH] [--max-setup-s T] [--warmup-s W]
 //! ```
 //!
 //! Creates N jobs (default schedule `* * * * * *`), starts K scheduler
 //! instances in this process on one store with a no-op job, lets them run
 //! for a window of S whole seconds (after one to two seconds of warm-up:
-//! the window starts at the second whole second after setup), stops them
+//! the window starts at the second whole second after setup; `--warmup-s W`
+//! makes that the W-th, to leave out the start-up burst, when every task
+//! created during setup is due at once), stops them
 //! three seconds after the window ends, and audits every occurrence whose
 //! intended instant is in the window:
 //!
@@ -215,6 +217,8 @@ struct Args {
     timeline: bool,
     lateness_out: Option<PathBuf>,
     max_setup_s: u64,
+    /// Whole seconds between setup and the window (at least 2).
+    warmup_s: u64,
 }
 
 fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
@@ -228,7 +232,7 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
 const USAGE: &str = "loadgen [--engine tickwheel|tokio-cron-scheduler|apalis|delayqueue] \
 --store memory|postgres://…|redis://…[,redis://…] --tasks N --seconds S [--nodes K] \
 [--jitter-ms J] [--schedule EXPR] [--max-concurrent C] [--timeline] \
-[--lateness-out PATH] [--max-setup-s T]
+[--lateness-out PATH] [--max-setup-s T] [--warmup-s W]
 
 Creates N jobs firing on EXPR (default every second), runs K scheduler
 instances on one store for a window of S seconds, audits every occurrence
@@ -252,6 +256,7 @@ fn parse_args() -> Result<Args> {
         timeline: false,
         lateness_out: None,
         max_setup_s: 120,
+        warmup_s: 2,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -268,6 +273,7 @@ fn parse_args() -> Result<Args> {
             "--timeline" => args.timeline = true,
             "--lateness-out" => args.lateness_out = Some(value()?.into()),
             "--max-setup-s" => args.max_setup_s = number(&flag, &value()?)?,
+            "--warmup-s" => args.warmup_s = number::<u64>(&flag, &value()?)?.max(2),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -508,13 +514,17 @@ async fn run(args: Args) -> Result<()> {
     let started = start(&args, &created).await?;
     // Stopping gets 30 s past the drain before the watchdog gives up.
     watchdog.set(
-        Duration::from_secs(2 + args.seconds + 30) + DRAIN + Duration::from_millis(args.jitter_ms),
+        Duration::from_secs(args.warmup_s + args.seconds + 30)
+            + DRAIN
+            + Duration::from_millis(args.jitter_ms),
         "run did not finish: the engine stopped answering".to_owned(),
     );
     let create_s = setup_started.elapsed().as_secs_f64();
 
-    // Warm-up: the window starts at the second whole second from now.
-    let start = DateTime::from_timestamp(Utc::now().timestamp() + 2, 0).context("time")?;
+    // Warm-up: the window starts at the second (or `--warmup-s`) whole
+    // second from now.
+    let start = DateTime::from_timestamp(Utc::now().timestamp() + args.warmup_s as i64, 0)
+        .context("time")?;
     let end = start + TimeDelta::seconds(args.seconds as i64);
     tokio::time::sleep((start - Utc::now()).to_std().unwrap_or_default()).await;
     let (rss_loaded, _) = rss_mb();

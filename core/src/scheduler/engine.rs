@@ -107,6 +107,10 @@ pub(crate) struct Engine {
     next_refill: DateTime<Utc>,
     next_full_scan: DateTime<Utc>,
     next_overdue_scan: DateTime<Utc>,
+    /// When this node last claimed one of its own occurrences late by half
+    /// `takeover_after` or more: it is behind itself, so occurrences its
+    /// peers left as late are not taken over (see `plan_scan`).
+    behind_at: Option<DateTime<Utc>>,
     full_scan_pending: bool,
     backoff: Duration,
     backoff_until: Option<DateTime<Utc>>,
@@ -153,6 +157,7 @@ impl Engine {
             next_refill: now,
             next_full_scan: now,
             next_overdue_scan: now,
+            behind_at: None,
             full_scan_pending: true,
             backoff: BACKOFF_MIN,
             backoff_until: None,
@@ -317,9 +322,26 @@ impl Engine {
                 kind: ScanKind::Refill,
             });
         } else if now >= self.next_overdue_scan && self.members.is_split() {
+            // A node that is itself behind leaves its peers' late work to
+            // them: when every node is overloaded, taking over would only
+            // add claims that race the owners' and read more rows, and the
+            // overload would feed itself. A dead or stuck owner is found by
+            // the nodes that keep up.
+            let takeover_after = delta(self.shared.config.takeover_after);
+            let late = now - takeover_after / 2;
+            let behind = !self.ready.is_empty()
+                || self.behind_at.is_some_and(|at| now - at < takeover_after)
+                || self
+                    .wheel
+                    .next_deadline()
+                    .is_some_and(|d| from_tick(d) <= late);
+            if behind {
+                self.next_overdue_scan = now + OVERDUE_SCAN_EVERY;
+                return;
+            }
             self.scan = Some(Scan {
                 after: None,
-                horizon: now - delta(self.shared.config.takeover_after),
+                horizon: now - takeover_after,
                 kind: ScanKind::Overdue,
             });
         }
@@ -501,6 +523,7 @@ impl Engine {
         let grace = delta(self.shared.config.grace);
         let members = self.members.clone();
         let takeover_grace = delta(self.shared.config.takeover_after) + OVERDUE_SCAN_EVERY;
+        let behind_after = delta(self.shared.config.takeover_after) / 2;
         let mut shadows: Vec<(TaskId, Option<DateTime<Utc>>)> = Vec::new();
         while !self.ready.is_empty() {
             // Each batch is stamped with the time it is claimed at.
@@ -540,6 +563,12 @@ impl Engine {
                         } else {
                             grace
                         };
+                        if !t.takeover
+                            && now - (t.next_run + t.task.policy.jitter(*id, t.next_run))
+                                >= behind_after
+                        {
+                            self.behind_at = Some(now);
+                        }
                         let p = plan(&t.schedule, &t.task.policy, *id, t.next_run, now, grace);
                         let execution = p.run.map(|(at, trigger)| {
                             // Claimed ahead, it is recorded as starting at
