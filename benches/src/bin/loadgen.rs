@@ -6,7 +6,8 @@
 //! cargo run --release -p tickwheel-benches --bin loadgen -- \
 //!     [--engine tickwheel|tokio-cron-scheduler|apalis|delayqueue] \
 //!     --store memory|postgres://…|redis://… --tasks N --seconds S [--nodes K] \
-//!     [--jitter-ms J] [--schedule EXPR] [--max-concurrent C] [--timeline] \
+//!     [--jitter-ms J] [--schedule EXPR] [--max-concurrent C] [--claim-ahead-ms A] \
+//!     [--timeline] \
 //!     [--lateness-out PATH] [--max-setup-s T] [--warmup-s W]
 //! ```
 //!
@@ -50,8 +51,9 @@
 //!   `postgres://…` or `redis://…`; K schedulers share one store, which
 //!   claims each occurrence once. Audited from the store's execution
 //!   history; the intended instant is `scheduled_for` plus the task's
-//!   jitter. The only engine that takes `--jitter-ms`, `--max-concurrent`
-//!   and `redis://`.
+//!   jitter. The only engine that takes `--jitter-ms`, `--max-concurrent`,
+//!   `--claim-ahead-ms` (the schedulers' `claim_ahead`; default theirs,
+//!   100 ms) and `redis://`.
 //! - `tokio-cron-scheduler`: one `JobScheduler` per node, each job a cron
 //!   job with a fixed id shared by all nodes. Memory: the nodes share one
 //!   `SimpleMetadataStore` (through a wrapper that serialises access), so
@@ -214,6 +216,8 @@ struct Args {
     jitter_ms: u64,
     schedule: String,
     max_concurrent: Option<usize>,
+    /// The schedulers' `claim_ahead` in ms, when not the default.
+    claim_ahead_ms: Option<u64>,
     timeline: bool,
     lateness_out: Option<PathBuf>,
     max_setup_s: u64,
@@ -231,7 +235,7 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
 /// What `--help` prints (the options are explained in the module docs).
 const USAGE: &str = "loadgen [--engine tickwheel|tokio-cron-scheduler|apalis|delayqueue] \
 --store memory|postgres://…|redis://…[,redis://…] --tasks N --seconds S [--nodes K] \
-[--jitter-ms J] [--schedule EXPR] [--max-concurrent C] [--timeline] \
+[--jitter-ms J] [--schedule EXPR] [--max-concurrent C] [--claim-ahead-ms A] [--timeline] \
 [--lateness-out PATH] [--max-setup-s T] [--warmup-s W]
 
 Creates N jobs firing on EXPR (default every second), runs K scheduler
@@ -253,6 +257,7 @@ fn parse_args() -> Result<Args> {
         jitter_ms: 0,
         schedule: "* * * * * *".into(),
         max_concurrent: None,
+        claim_ahead_ms: None,
         timeline: false,
         lateness_out: None,
         max_setup_s: 120,
@@ -270,6 +275,7 @@ fn parse_args() -> Result<Args> {
             "--jitter-ms" => args.jitter_ms = number(&flag, &value()?)?,
             "--schedule" => args.schedule = value()?,
             "--max-concurrent" => args.max_concurrent = Some(number(&flag, &value()?)?),
+            "--claim-ahead-ms" => args.claim_ahead_ms = Some(number(&flag, &value()?)?),
             "--timeline" => args.timeline = true,
             "--lateness-out" => args.lateness_out = Some(value()?.into()),
             "--max-setup-s" => args.max_setup_s = number(&flag, &value()?)?,
@@ -301,8 +307,8 @@ fn parse_args() -> Result<Args> {
         if args.jitter_ms > 0 {
             bail!("--jitter-ms is only supported by --engine tickwheel ({name} has no jitter)");
         }
-        if args.max_concurrent.is_some() {
-            bail!("--max-concurrent is only supported by --engine tickwheel");
+        if args.max_concurrent.is_some() || args.claim_ahead_ms.is_some() {
+            bail!("--max-concurrent and --claim-ahead-ms are only supported by --engine tickwheel");
         }
         if matches!(args.store_kind, StoreKind::Redis(_)) {
             bail!(

@@ -78,10 +78,14 @@ pub(crate) async fn start(args: &Args, created: &Arc<AtomicUsize>) -> Result<Sta
     }
     let schedulers: Vec<Scheduler> = (0..args.nodes)
         .map(|i| {
-            Scheduler::builder(store.clone(), executor_fn(|_run| async { Ok(None) }))
-                .node_id(format!("node-{i}"))
-                .max_concurrent(args.max_concurrent.unwrap_or(1024))
-                .start()
+            let mut builder =
+                Scheduler::builder(store.clone(), executor_fn(|_run| async { Ok(None) }))
+                    .node_id(format!("node-{i}"))
+                    .max_concurrent(args.max_concurrent.unwrap_or(1024));
+            if let Some(ms) = args.claim_ahead_ms {
+                builder = builder.claim_ahead(Duration::from_millis(ms));
+            }
+            builder.start()
         })
         .collect();
     // The schedulers' own counters, summed over the nodes: with affinity a
