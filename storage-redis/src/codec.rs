@@ -5,17 +5,20 @@
 //! microsecond precision, as PostgreSQL does). A task is a hash: its whole
 //! definition as JSON in `d`, plus the fields the scripts read or write
 //! (`nr` next run, `lr` last run, `v` version, `en` enabled, `st` status,
-//! `ov` overlap, `mr` max retries, `bo` backoff, `cr` is cron, `tn` tenant,
-//! `rv` revision, `run` running executions, `q` queued occurrence); `nr`,
-//! `lr` and `st` override the JSON, which is only rewritten by updates. An
-//! execution is a hash: `c` its immutable part (see [`exec_encoding`]), the
-//! mutable fields beside it (layout in `scripts`).
+//! `ov` overlap, `mr` max retries, `bo` backoff, `cr` is cron, `bk` runs
+//! tracked, `tn` tenant, `rv` revision, `run` running executions, `q`
+//! queued occurrence); `nr`, `lr` and `st` override the JSON, which is only
+//! rewritten by updates. An execution is a hash: `c` its immutable part
+//! (see [`exec_encoding`]), the mutable fields beside it (layout in
+//! `scripts`); scripts reply with its fields, its lease and its id.
+
+use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
 use redis::{RedisError, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tickwheel::{Error, Execution, Task};
+use tickwheel::{Error, Execution, Overlap, Task};
 
 pub(crate) const BACKEND: &str = "redis";
 
@@ -112,43 +115,50 @@ fn number<T: std::str::FromStr>(bytes: &[u8]) -> Result<T, Error> {
 }
 
 /// The immutable part of an execution as stored in its hash's `c` field:
-/// id, task, tenant, scheduled_for, started_at, attempt, node, trigger,
-/// each as its length in bytes, `:`, and the bytes.
+/// task id, attempt (10 digits, as in the history's members), trigger,
+/// scheduled_for and started_at separated by spaces (the scripts read the
+/// first three), a space, then tenant and node, each as its length in
+/// bytes, `:`, and the bytes. The scripts write the same for the runs they
+/// start.
 pub(crate) fn exec_encoding(e: &Execution) -> String {
-    let parts = [
-        e.id.to_string(),
-        e.task_id.to_string(),
-        e.tenant.clone(),
-        micros(e.scheduled_for),
-        micros(e.started_at),
-        e.attempt.to_string(),
-        e.node.clone(),
-        name_of(&e.trigger),
-    ];
-    let mut out = String::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
-    for p in parts {
-        out.push_str(&p.len().to_string());
-        out.push(':');
-        out.push_str(&p);
-    }
+    let trigger = name_of(&e.trigger);
+    let mut out = String::with_capacity(100 + e.tenant.len() + e.node.len());
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
+        "{} {:010} {trigger} {} {} {}:{}{}:{}",
+        e.task_id,
+        e.attempt,
+        e.scheduled_for.timestamp_micros(),
+        e.started_at.timestamp_micros(),
+        e.tenant.len(),
+        e.tenant,
+        e.node.len(),
+        e.node
+    );
     out
 }
 
-/// The parts of an [`exec_encoding`].
-fn decode_encoding(mut c: &[u8]) -> Result<Vec<&[u8]>, Error> {
-    let mut parts = Vec::with_capacity(8);
-    while !c.is_empty() {
-        let colon = c
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or_else(|| corrupt("bad execution encoding"))?;
-        let len: usize = number(&c[..colon])?;
-        let rest = &c[colon + 1..];
-        if rest.len() < len {
-            return Err(corrupt("short execution encoding"));
-        }
-        parts.push(&rest[..len]);
-        c = &rest[len..];
+/// The parts of an [`exec_encoding`]: task id, attempt, trigger,
+/// scheduled_for, started_at, tenant, node.
+fn decode_encoding(c: &[u8]) -> Result<[&[u8]; 7], Error> {
+    let bad = || corrupt("bad execution encoding");
+    let mut parts: [&[u8]; 7] = [&[]; 7];
+    let mut rest = c;
+    for part in &mut parts[..5] {
+        let space = rest.iter().position(|&b| b == b' ').ok_or_else(bad)?;
+        *part = &rest[..space];
+        rest = &rest[space + 1..];
+    }
+    for part in &mut parts[5..] {
+        let colon = rest.iter().position(|&b| b == b':').ok_or_else(bad)?;
+        let len: usize = number(&rest[..colon])?;
+        let bytes = rest.get(colon + 1..colon + 1 + len).ok_or_else(bad)?;
+        *part = bytes;
+        rest = &rest[colon + 1 + len..];
+    }
+    if !rest.is_empty() {
+        return Err(bad());
     }
     Ok(parts)
 }
@@ -189,14 +199,15 @@ pub(crate) fn trunc_exec(mut e: Execution) -> Execution {
     e
 }
 
-/// An execution from its hash as a flat field/value list (HGETALL).
+/// An execution from a script's reply: its hash as a flat field/value list
+/// (HGETALL), with `lease` and `id` appended.
 pub(crate) fn exec_from_pairs(pairs: &[Vec<u8>]) -> Result<Execution, Error> {
+    let mut id = None;
     let mut c = None;
     let mut status = None;
     let mut fence = None;
     let mut lease_until = None;
     let mut finished_at = None;
-    let mut duration_ms = None;
     let mut error = None;
     let mut output = None;
     let mut retry_at = None;
@@ -206,15 +217,15 @@ pub(crate) fn exec_from_pairs(pairs: &[Vec<u8>]) -> Result<Execution, Error> {
             return Err(corrupt("odd execution field list"));
         };
         match name.as_slice() {
+            b"id" => id = Some(value.as_slice()),
             b"c" => c = Some(value.as_slice()),
             b"st" => status = Some(parse_name(value)?),
             b"fence" => fence = Some(number(value)?),
             b"lease" => lease_until = opt_micros(value)?,
             b"fa" => finished_at = opt_micros(value)?,
-            // The start as last recorded: the claim's, or the actual one a
-            // finish reported (the encoding keeps the claim's).
+            // The actual start a finish reported (the encoding keeps the
+            // claim's).
             b"sa" => started_at = opt_micros(value)?,
-            b"dur" if !value.is_empty() => duration_ms = Some(number(value)?),
             b"err" => error = parse_opt_text(value)?,
             b"out" => output = parse_opt_text(value)?,
             b"retry" => retry_at = opt_micros(value)?,
@@ -222,22 +233,21 @@ pub(crate) fn exec_from_pairs(pairs: &[Vec<u8>]) -> Result<Execution, Error> {
         }
     }
     let missing = |what: &str| corrupt(format!("execution without {what}"));
+    let id = id.ok_or_else(|| missing("its id"))?;
     let c = c.ok_or_else(|| missing("its encoding"))?;
-    let parts = decode_encoding(c)?;
-    let [id, task, tenant, sf, sa, attempt, node, trigger] = parts[..] else {
-        return Err(corrupt("execution encoding with the wrong number of parts"));
+    let [task, attempt, trigger, sf, sa, tenant, node] = decode_encoding(c)?;
+    let started_at = match started_at {
+        Some(at) => at,
+        None => parse_micros(sa)?,
     };
     Ok(Execution {
         id: text(id)?.parse().map_err(|_| corrupt("bad execution id"))?,
         task_id: text(task)?.parse().map_err(|_| corrupt("bad task id"))?,
         tenant: text(tenant)?,
         scheduled_for: parse_micros(sf)?,
-        started_at: match started_at {
-            Some(at) => at,
-            None => parse_micros(sa)?,
-        },
+        started_at,
         finished_at,
-        duration_ms,
+        duration_ms: finished_at.map(|fa| duration_ms(started_at, fa)),
         attempt: number(attempt)?,
         status: status.ok_or_else(|| missing("status"))?,
         error,
@@ -248,6 +258,12 @@ pub(crate) fn exec_from_pairs(pairs: &[Vec<u8>]) -> Result<Execution, Error> {
         fence: fence.ok_or_else(|| missing("fence"))?,
         retry_at,
     })
+}
+
+/// Whole milliseconds from `from` to `to` (0 if `to` is earlier), from the
+/// stored microseconds: not stored, every end computed it this way.
+fn duration_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
+    u64::try_from(to.timestamp_micros() - from.timestamp_micros()).map_or(0, |us| us / 1000)
 }
 
 /// The hash fields a task is written with (besides `d`, `tn`, `rv`).
@@ -262,6 +278,9 @@ pub(crate) struct TaskFields {
     pub(crate) max_retries: String,
     pub(crate) backoff_ms: String,
     pub(crate) is_cron: &'static str,
+    /// `1` if the task's runs are tracked on it: its overlap policy looks
+    /// at what runs, or it is a one-time task (settled by its run).
+    pub(crate) bookkeeping: &'static str,
 }
 
 impl TaskFields {
@@ -277,6 +296,11 @@ impl TaskFields {
             max_retries: task.policy.max_retries.to_string(),
             backoff_ms: task.policy.retry_backoff_ms.to_string(),
             is_cron: if task.schedule.is_some() { "1" } else { "0" },
+            bookkeeping: if task.policy.overlap != Overlap::Allow || task.schedule.is_none() {
+                "1"
+            } else {
+                "0"
+            },
         })
     }
 }
@@ -376,22 +400,19 @@ mod tests {
         e.error = Some(String::new());
         e.output = Some("a|b\0c".into());
         e.retry_at = Some(now);
-        e.finished_at = Some(now);
+        e.finished_at = Some(now + chrono::Duration::microseconds(7_999));
         e.duration_ms = Some(7);
         let e = trunc_exec(e);
         let fields: Vec<(&str, String)> = vec![
             ("c", exec_encoding(&e)),
             ("st", name_of(&e.status)),
             ("fence", e.fence.to_string()),
-            ("lease", e.lease_until.map(micros).unwrap_or_default()),
             ("fa", e.finished_at.map(micros).unwrap_or_default()),
-            (
-                "dur",
-                e.duration_ms.map(|d| d.to_string()).unwrap_or_default(),
-            ),
             ("err", opt_text(e.error.as_deref())),
             ("out", opt_text(e.output.as_deref())),
             ("retry", e.retry_at.map(micros).unwrap_or_default()),
+            ("lease", e.lease_until.map(micros).unwrap_or_default()),
+            ("id", e.id.to_string()),
         ];
         let flat: Vec<Vec<u8>> = fields
             .into_iter()
@@ -400,8 +421,30 @@ mod tests {
         assert_eq!(exec_from_pairs(&flat).unwrap(), e);
         assert_eq!(e.started_at.timestamp_subsec_nanos(), 123_456_000);
         let mut none = flat.clone();
-        none[13] = Vec::new();
+        none[9] = Vec::new();
         assert_eq!(exec_from_pairs(&none).unwrap().error, None);
+        // The duration counts from the actual start when one is stored,
+        // and is never negative.
+        let mut later = flat.clone();
+        later.extend([
+            b"sa".to_vec(),
+            micros(now + chrono::Duration::seconds(1)).into_bytes(),
+        ]);
+        assert_eq!(exec_from_pairs(&later).unwrap().duration_ms, Some(0));
+    }
+
+    #[test]
+    fn encodings_before_1970_round_trip() {
+        let at: DateTime<Utc> = "1969-07-20T20:17:40.000001Z".parse().unwrap();
+        let task = NewTask::cron("n", "a", "* * * * *")
+            .validate("t", at)
+            .unwrap();
+        let e = Execution::start(&task, at, 1, Trigger::Schedule, "", at, at);
+        let c = exec_encoding(&e);
+        let parts = decode_encoding(c.as_bytes()).unwrap();
+        assert_eq!(parts[1], b"0000000001");
+        assert_eq!(parse_micros(parts[3]).unwrap(), at);
+        assert_eq!(parts[6], b"");
     }
 
     #[test]

@@ -27,11 +27,11 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `B:t:<task>` | hash | the task: its definition as JSON (`d`) and the fields scripts use (next run, last run, version, enabled, status, overlap, retry policy, tenant, a revision counter, its running executions, the queued occurrence) |
+//! | `B:t:<task>` | hash | the task: its definition as JSON (`d`) and the fields scripts use (next run, last run, version, enabled, status, overlap, retry policy, whether its runs are tracked, tenant, a revision counter, the highest `scheduled_for` in its history, its running executions, the queued occurrence) |
 //! | `B:h:<task>` | sorted set | the task's executions: score `scheduled_for`, member `<attempt, 10 digits>:<execution id>` (newest first = reverse order) |
-//! | `B:x:<execution>` | hash | one execution: its immutable part as one field, the mutable ones (status, fence, lease, finish, error, output, retry) as fields |
+//! | `B:x:<execution>` | hash | one execution: its immutable part as one field, the mutable ones (status, fence, and as they apply finish, error, output, retry, actual start) as fields; a field that does not apply is absent |
 //! | `B:due` | sorted set | enabled tasks by next run (the due index) |
-//! | `B:leases` | sorted set | running executions by lease end |
+//! | `B:leases` | sorted set | running executions by lease end (the only place a lease is kept) |
 //! | `B:retry` | sorted set | failed attempts by the time their retry is due |
 //! | `B:tn:<tenant>` | sorted set | the tenant's tasks of this partition, by id |
 //!
@@ -47,10 +47,21 @@
 //!
 //! - Every write is one Lua script over the keys of one partition, so it is
 //!   atomic in a cluster too: create, update (a compare-and-set on the
-//!   task's revision, which claims and bookkeeping also bump, so an update
-//!   never writes back a stale `next_run`), delete, claim, renew, fenced
-//!   finish, recovery and the retention trim (done inside the claim and
-//!   finish scripts). Nothing is read by the client and written back.
+//!   task's revision, which updates and the runs that settle a one-time
+//!   task bump, and on its next run, which claims move, so an update never
+//!   writes back a stale `next_run` or status), delete, claim, renew,
+//!   fenced finish, recovery and the retention trim (done inside the claim
+//!   and finish scripts). Nothing is read by the client and written back.
+//! - A claim costs the server a handful of commands: the task's
+//!   compare-and-set read, the due index, the new execution (hash, history,
+//!   lease index), the history's size and the task's bookkeeping write. The
+//!   uniqueness of `(scheduled_for, attempt)` is checked against the
+//!   history only for an occurrence no later than the latest recorded
+//!   (retries, manual runs in the past), and at the retention limit the
+//!   trim pops the oldest execution, looking further only when that one is
+//!   still running or awaiting a retry. A finish reads and writes the
+//!   execution and drops its lease. The durations are not stored: they
+//!   follow from the start and finish times.
 //! - [`Store::claim`](tickwheel::Store::claim) groups the claims by
 //!   partition and sends one script call per partition, all at once on the
 //!   multiplexed connection. Each claim in a call is applied atomically and
@@ -75,7 +86,9 @@
 //!   runs end: nothing about them depends on what runs. Other overlap
 //!   policies and one-time tasks keep a list of their running executions;
 //!   an update that switches a task to such a policy lists the runs in
-//!   flight first.
+//!   flight first. An occurrence `queue_one` holds back starts, when the
+//!   run before it ends, under the execution id of the claim that queued
+//!   it (so ending a run needs no new id).
 //! - The change feed is pub/sub: create, update and delete publish from
 //!   inside their script. A dedicated connection receives; after it is
 //!   lost it resubscribes and emits [`Change::Resync`](tickwheel::store::Change::Resync)

@@ -8,9 +8,10 @@
 //! per item: on a single server one call spans partitions, in a cluster the
 //! store only batches items of one partition. Times are decimal
 //! microseconds since the Unix epoch, exact as Lua numbers (doubles) until
-//! the year 2255; they are written back with `%.0f`, never with
-//! `tostring`. Strings coming from the client (names, errors, output) are
-//! only ever stored and returned, never interpreted, so any bytes are fine.
+//! the year 2255; they are written back with `%d`, never with `tostring`
+//! (which switches to an exponent). Strings coming from the client (names,
+//! errors, output) are only ever stored and returned, never interpreted, so
+//! any bytes are fine.
 //!
 //! Layout under the base `B` (see the crate docs): `B:t:<task>` task hash,
 //! `B:h:<task>` its history (score `scheduled_for`, member `<attempt, 10
@@ -19,21 +20,37 @@
 //! `B:tn:<tenant>` the tenant's tasks in this partition (score 0, member
 //! the id, so lexical = id order).
 //!
-//! An execution hash holds `c`, the immutable part as the client encoded
-//! it (scripts only copy it), copies of the few immutable fields scripts
-//! read (`task`, `sa`, `att`, `trig`), and the mutable ones (`st`, `fence`,
-//! `lease`, `fa`, `dur`, `err`, `out`, `retry`); an empty value is "none",
-//! and `err` / `out` are stored as `=` and the text, so an empty text is
-//! not "none". The task hash's `run` field lists its running executions
-//! (comma-separated ids), `q` its queued occurrence (`sf|attempt|trigger`,
-//! empty for none).
+//! An execution hash holds `c`, its immutable part, and the mutable fields
+//! `st` (status) and `fence`, then as they apply `fa` (finished_at), `err`,
+//! `out`, `retry` (retry_at), `sa` (the actual start a finish reported) and
+//! `tb` (`1`: its end updates its task, see the crate docs). A missing
+//! field is "none"; `err` / `out` are stored as `=` and the text, so an
+//! empty text is not "none". The lease of a running execution is its score
+//! in `B:leases`, nowhere else, and its duration is not stored (the client
+//! computes it from the start and finish times, as the scripts did). `c` is
+//! `<task id> <attempt, 10 digits> <trigger> <scheduled_for> <started_at> `
+//! then the tenant and the node, each as its length in bytes, `:` and the
+//! bytes: the client writes it with the claim, scripts write it for the
+//! runs they start (missed records, queued occurrences) and read the
+//! first three fields back on the uncommon paths (retries, recovery,
+//! re-sent claims, runs that update their task).
+//!
+//! The task hash's `run` field lists its running executions
+//! (comma-separated ids), `q` its queued occurrence
+//! (`sf|attempt|trigger|execution id`, empty for none), `hs` the highest
+//! scheduled_for in its history (so that inserting a later one needs no
+//! uniqueness lookup), `bk` is `1` when its runs are tracked there (its
+//! overlap policy is not `allow` or it is a one-time task).
+//!
+//! Each script is its body behind only the helpers it uses: Redis runs the
+//! whole chunk on every call, so every helper defined costs each call.
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Helpers shared by every script (prepended to each).
-const PRELUDE: &str = r#"
+/// Every script starts with this: the retention and the partition's keys.
+const BASE: &str = r#"
 local RETENTION = tonumber(ARGV[2])
 -- The partition's key base and index keys; batch scripts switch partitions
 -- per item with use_base.
@@ -47,54 +64,69 @@ use_base(ARGV[1])
 local function tkey(tid) return B .. ':t:' .. tid end
 local function hkey(tid) return B .. ':h:' .. tid end
 local function xkey(eid) return B .. ':x:' .. eid end
-local function fmt(n) return string.format('%.0f', n) end
-local TASK_FIELDS = {'d', 'nr', 'lr', 'v', 'en', 'st'}
-
 local function none(v) return (not v) or v == '' end
+"#;
 
--- A field of the client's immutable encoding: its length, ':', the bytes.
-local function lp(s) return #s .. ':' .. s end
+/// Integer formatting (times, fences, revisions).
+const FMT: &str = r#"
+local function fmt(n) return string.format('%d', n) end
+"#;
 
--- The running ids list with `eid` added / removed.
-local function run_add(run, eid)
-  if none(run) then return eid end
-  return run .. ',' .. eid
-end
-local function run_remove(run, eid)
-  if none(run) then return '' end
-  local kept = {}
-  for id in string.gmatch(run, '[^,]+') do
-    if id ~= eid then kept[#kept + 1] = id end
-  end
-  return table.concat(kept, ',')
-end
-
--- Whether a task's runs are tracked in its `run` list and their ends
--- update the task: only when its overlap policy looks at what runs, or it
--- is a one-time task (settled by its run). Runs of a cron task with
--- `overlap: allow` (the default) leave the task alone when they end.
-local function needs_bookkeeping(ov, cr)
-  return ov ~= 'allow' or cr ~= '1'
-end
-
-local function attempt_prefix(att)
-  return string.format('%010d', tonumber(att)) .. ':'
-end
-
--- An execution as a flat field/value list (HGETALL plus its id).
+/// Reading an execution back.
+const EXEC_READ: &str = r#"
+-- An execution as a flat field/value list (HGETALL, its lease if it is
+-- running, its id).
 local function exec_reply(eid)
   local f = redis.call('HGETALL', xkey(eid))
+  for k = 1, #f, 2 do
+    if f[k] == 'st' then
+      if f[k + 1] == 'running' then
+        local lease = redis.call('ZSCORE', LEASES, eid)
+        if lease then
+          f[#f + 1] = 'lease'
+          f[#f + 1] = lease
+        end
+      end
+      break
+    end
+  end
   f[#f + 1] = 'id'
   f[#f + 1] = eid
   return f
 end
 
--- Drops the oldest finished executions beyond the retention; running ones
--- and failed ones awaiting a retry are kept whatever their age.
-local function trim(tid)
-  local h = hkey(tid)
+-- The task id, attempt and trigger of an execution from its encoding `c`.
+local function exec_meta(c)
+  return string.match(c, '^(%S+) (%S+) (%S+) ')
+end
+"#;
+
+/// Writing executions: insert (with the retention trim) and end.
+const EXEC_WRITE: &str = r#"
+-- The encoding `c` of an execution a script starts.
+local function encode(tid, att, trig, sf, sa, tn, node)
+  return tid .. ' ' .. att .. ' ' .. trig .. ' ' .. sf .. ' ' .. sa .. ' ' .. #tn .. ':' .. tn
+    .. #node .. ':' .. node
+end
+
+-- Drops the oldest finished executions of history `h` beyond the
+-- retention; running ones and failed ones awaiting a retry are kept
+-- whatever their age. In the steady state (the history at its limit, one
+-- execution just added) the one to drop is the oldest: it is popped
+-- directly, and the loop only runs when it has to be kept.
+local function trim(h)
   local excess = redis.call('ZCARD', h) - RETENTION
   if excess <= 0 then return end
+  if excess == 1 then
+    local oldest = redis.call('ZPOPMIN', h)
+    local x = xkey(string.sub(oldest[1], 12))
+    local st, retry = unpack(redis.call('HMGET', x, 'st', 'retry'))
+    if st ~= 'running' and none(retry) then
+      redis.call('DEL', x)
+      return
+    end
+    redis.call('ZADD', h, oldest[2], oldest[1])
+  end
   local doomed = {}
   local start = 0
   local size = excess + 1
@@ -102,8 +134,8 @@ local function trim(tid)
     local chunk = redis.call('ZRANGE', h, start, start + size - 1)
     if #chunk == 0 then break end
     for _, m in ipairs(chunk) do
-      local eid = string.sub(m, 12)
-      local st, retry = unpack(redis.call('HMGET', xkey(eid), 'st', 'retry'))
+      local x = xkey(string.sub(m, 12))
+      local st, retry = unpack(redis.call('HMGET', x, 'st', 'retry'))
       if st ~= 'running' and none(retry) then
         doomed[#doomed + 1] = m
         if #doomed >= excess then break end
@@ -118,45 +150,79 @@ local function trim(tid)
   end
 end
 
--- Inserts a new execution `e` (a table: id, sf, att, sa, trig, st, fence,
--- c, and optionally lease, fa, dur, err, tb); false if (scheduled_for,
--- attempt) is taken. `tb` = '1' marks a run whose end updates its task (see
--- needs_bookkeeping).
-local function insert_exec(tid, e)
-  local prefix = attempt_prefix(e.att)
+-- Inserts execution `id` of task `tid`, whose history's highest
+-- scheduled_for is `hs` (its task's field, nil for an empty history):
+-- scheduled_for `sf`, attempt `att` (10 digits), status `st`, `fence`,
+-- encoding `c`, lease_until `lease` ('' none) and the further field/value
+-- list `extra` (or nil). Returns the history's new highest scheduled_for,
+-- which the caller writes to the task, or false if (scheduled_for,
+-- attempt) is taken. Only an occurrence at or before `hs` can be taken, so
+-- the usual insert, of a new latest occurrence, looks nothing up.
+local function insert_exec(tid, hs, id, sf, att, st, fence, c, lease, extra)
   local h = hkey(tid)
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', h, e.sf, e.sf)) do
-    if string.sub(m, 1, 11) == prefix then return false end
+  if hs and tonumber(sf) <= tonumber(hs) then
+    local prefix = att .. ':'
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', h, sf, sf)) do
+      if string.sub(m, 1, 11) == prefix then return false end
+    end
+  else
+    hs = sf
   end
-  redis.call('HSET', xkey(e.id), 'c', e.c, 'task', tid, 'sa', e.sa, 'att', e.att,
-    'trig', e.trig, 'st', e.st, 'fence', e.fence, 'lease', e.lease or '', 'fa', e.fa or '',
-    'dur', e.dur or '', 'err', e.err or '', 'tb', e.tb or '0')
-  redis.call('ZADD', h, e.sf, prefix .. e.id)
-  if e.st == 'running' and not none(e.lease) then
-    redis.call('ZADD', LEASES, e.lease, e.id)
+  if extra then
+    redis.call('HSET', xkey(id), 'c', c, 'st', st, 'fence', fence, unpack(extra))
+  else
+    redis.call('HSET', xkey(id), 'c', c, 'st', st, 'fence', fence)
   end
-  trim(tid)
-  return true
+  redis.call('ZADD', h, sf, att .. ':' .. id)
+  if st == 'running' and lease ~= '' then
+    redis.call('ZADD', LEASES, lease, id)
+  end
+  trim(h)
+  return hs
 end
 
 -- Ends a running execution (its task's `run` list is the caller's to
--- update): status, fence bump, lease dropped, the error (encoded: '' none,
--- else '=' and the text) and the field/value list `extra` written.
-local function end_running(eid, sa, fence, status, fa, err, extra)
-  local dur = tonumber(fa) - tonumber(sa)
-  if dur < 0 then dur = 0 end
+-- update): its lease dropped, status, fence bump, finish time, the error
+-- (encoded: '' none, else '=' and the text) and the further field/value
+-- pairs `...` written.
+local function end_running(eid, fence, status, fa, err, ...)
   redis.call('ZREM', LEASES, eid)
-  redis.call('HSET', xkey(eid), 'st', status, 'fence', fmt(tonumber(fence) + 1), 'fa', fa,
-    'dur', fmt(math.floor(dur / 1000)), 'lease', '', 'err', err, unpack(extra or {}))
+  if err == '' then
+    redis.call('HSET', xkey(eid), 'st', status, 'fence', fmt(tonumber(fence) + 1), 'fa', fa, ...)
+  else
+    redis.call('HSET', xkey(eid), 'st', status, 'fence', fmt(tonumber(fence) + 1), 'fa', fa,
+      'err', err, ...)
+  end
 end
+"#;
 
+/// The running-ids list of a task.
+const RUN_LIST: &str = r#"
+-- The running ids list with `eid` added / removed.
+local function run_add(run, eid)
+  if none(run) then return eid end
+  return run .. ',' .. eid
+end
+local function run_remove(run, eid)
+  if none(run) then return '' end
+  local kept = {}
+  for id in string.gmatch(run, '[^,]+') do
+    if id ~= eid then kept[#kept + 1] = id end
+  end
+  return table.concat(kept, ',')
+end
+"#;
+
+/// What follows the end of a run that updates its task (FINISH, RECOVER).
+const AFTER_END: &str = r#"
 -- After a running execution of a task ended: drop it from the task's
 -- running list, settle a one-time task (`completed`, or `failed` when no
 -- retry follows), and start the queued occurrence if nothing else runs.
 -- Returns the id of the execution started, or nil.
-local function after_end(tid, eid, trig, status, retry, node, now, lease, new_id)
+local function after_end(tid, eid, trig, status, retry, node, now, lease)
   local t = tkey(tid)
-  local run, cr, q, tn, rv = unpack(redis.call('HMGET', t, 'run', 'cr', 'q', 'tn', 'rv'))
+  local run, cr, q, tn, rv, hs =
+    unpack(redis.call('HMGET', t, 'run', 'cr', 'q', 'tn', 'rv', 'hs'))
   if not tn then return nil end
   run = run_remove(run, eid)
   local set = {}
@@ -168,23 +234,27 @@ local function after_end(tid, eid, trig, status, retry, node, now, lease, new_id
   end
   local started = nil
   if not none(q) and run == '' then
-    local sf, att, qtrig = string.match(q, '^([^|]+)|([^|]+)|([^|]+)$')
+    local sf, att, qtrig, id = string.match(q, '^([^|]+)|([^|]+)|([^|]+)|([^|]+)$')
     set[#set + 1] = 'q'
     set[#set + 1] = ''
     set[#set + 1] = 'lr'
     set[#set + 1] = now
-    local e = {id = new_id, sf = sf, att = att, sa = now, trig = qtrig, st = 'running',
-      fence = '1', lease = lease, tb = '1',
-      c = lp(new_id) .. lp(tid) .. lp(tn) .. lp(sf) .. lp(now) .. lp(att) .. lp(node) .. lp(qtrig)}
-    if insert_exec(tid, e) then
-      run = new_id
-      started = new_id
+    local c = encode(tid, att, qtrig, sf, now, tn, node)
+    hs = insert_exec(tid, hs, id, sf, att, 'running', '1', c, lease, {'tb', '1'})
+    if hs then
+      set[#set + 1] = 'hs'
+      set[#set + 1] = hs
+      run = id
+      started = id
     end
   end
   redis.call('HSET', t, 'run', run, unpack(set))
   return started
 end
+"#;
 
+/// Retry backoff (RECOVER).
+const BACKOFF: &str = r#"
 -- Delay in ms before retry number `retry`: doubled per earlier retry,
 -- capped at 10 minutes (Policy::backoff).
 local function backoff_ms(bo, retry)
@@ -195,7 +265,10 @@ local function backoff_ms(bo, retry)
   if v > 600000 then v = 600000 end
   return v
 end
+"#;
 
+/// RFC 3339 formatting (the replaced-run message of CLAIM).
+const RFC3339: &str = r#"
 -- RFC 3339 text of a time in microseconds, as chrono's to_rfc3339 writes it.
 local function rfc3339(us)
   local n = tonumber(us)
@@ -226,7 +299,10 @@ local function rfc3339(us)
   end
   return s .. '+00:00'
 end
+"#;
 
+/// Byte-wise comparison (DUE_PAGE).
+const BYTES_GT: &str = r#"
 -- Byte-wise a > b (Lua's own comparison follows the server's locale).
 local function bytes_gt(a, b)
   local n = math.min(#a, #b)
@@ -240,15 +316,16 @@ end
 
 /// Creates a task. ARGV[3..]: id, d, tenant, next_run ("" none), last_run
 /// ("" none), version, enabled, status, overlap, max_retries, backoff_ms,
-/// is_cron, channel, message. Returns `ok` or `exists`.
+/// is_cron, bookkeeping (`1` if its runs are tracked), channel, message.
+/// Returns `ok` or `exists`.
 const CREATE: &str = r#"
-local tid, d, tn, nr, lr, v, en, st, ov, mr, bo, cr, channel, msg =
+local tid, d, tn, nr, lr, v, en, st, ov, mr, bo, cr, bk, channel, msg =
   ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11],
-  ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16]
+  ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17]
 local t = tkey(tid)
 if redis.call('EXISTS', t) == 1 then return 'exists' end
 redis.call('HSET', t, 'd', d, 'tn', tn, 'v', v, 'en', en, 'st', st, 'ov', ov, 'mr', mr,
-  'bo', bo, 'cr', cr, 'rv', '1')
+  'bo', bo, 'cr', cr, 'bk', bk, 'rv', '1')
 if nr ~= '' then redis.call('HSET', t, 'nr', nr) end
 if lr ~= '' then redis.call('HSET', t, 'lr', lr) end
 if en == '1' and nr ~= '' then redis.call('ZADD', DUE, nr, tid) end
@@ -257,19 +334,22 @@ redis.call('PUBLISH', channel, msg)
 return 'ok'
 "#;
 
-/// Updates a task if its revision is still the one read. ARGV[3..]: id,
-/// tenant, seen revision, d, next_run ("" none), version, enabled, status,
-/// overlap, max_retries, backoff_ms, is_cron, channel, message. Returns
-/// `ok`, `notfound` or `retry` (the task moved on since it was read).
+/// Updates a task if it is still as read: the same revision (bumped by
+/// updates and by the runs that settle a one-time task) and the same
+/// next_run (which claims move). ARGV[3..]: id, tenant, seen revision, seen
+/// next_run ("" none), d, next_run ("" none), version, enabled, status,
+/// overlap, max_retries, backoff_ms, is_cron, bookkeeping, channel,
+/// message. Returns `ok`, `notfound` or `retry` (the task moved on since it
+/// was read).
 const UPDATE: &str = r#"
-local tid, tn, seen, d, nr, v, en, st, ov, mr, bo, cr, channel, msg =
+local tid, tn, seen, seen_nr, d, nr, v, en, st, ov, mr, bo, cr, bk, channel, msg =
   ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11],
-  ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16]
+  ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18]
 local t = tkey(tid)
-local owner, rv, old_ov, old_cr = unpack(redis.call('HMGET', t, 'tn', 'rv', 'ov', 'cr'))
+local owner, rv, old_nr, old_bk = unpack(redis.call('HMGET', t, 'tn', 'rv', 'nr', 'bk'))
 if owner ~= tn then return 'notfound' end
-if rv ~= seen then return 'retry' end
-if needs_bookkeeping(ov, cr) and not needs_bookkeeping(old_ov, old_cr) then
+if rv ~= seen or (old_nr or '') ~= seen_nr then return 'retry' end
+if bk == '1' and old_bk ~= '1' then
   -- Runs started while the task needed no bookkeeping are not listed:
   -- list them now, and have their ends update the task.
   local running = {}
@@ -283,7 +363,7 @@ if needs_bookkeeping(ov, cr) and not needs_bookkeeping(old_ov, old_cr) then
   redis.call('HSET', t, 'run', table.concat(running, ','))
 end
 redis.call('HSET', t, 'd', d, 'v', v, 'en', en, 'st', st, 'ov', ov, 'mr', mr, 'bo', bo,
-  'cr', cr)
+  'cr', cr, 'bk', bk)
 redis.call('HINCRBY', t, 'rv', 1)
 redis.call('ZREM', DUE, tid)
 if nr ~= '' then
@@ -316,6 +396,7 @@ local stop = math.min(start + limit, redis.call('ZCOUNT', DUE, '-inf', horizon))
 if stop < start then return {} end
 return redis.call('ZRANGE', DUE, start, stop, 'WITHSCORES')
 "#;
+
 /// Deletes a task and its executions. ARGV[3..]: id, tenant, channel,
 /// message. Returns `ok` or `notfound`.
 const DELETE: &str = r#"
@@ -344,13 +425,15 @@ return 'ok'
 /// none; a lost claim's reply leaves out a definition the client has, as
 /// an empty `d`); for R: the failed execution id; then the number of
 /// missed records, and if any the claim's time and node and each as (id,
-/// scheduled_for); then `0` (no execution) or `1` and the
-/// execution's id, scheduled_for, attempt, started_at, trigger, status,
-/// fence, lease_until and encoding.
+/// scheduled_for); then `0` (no execution) or `1` and the execution's id,
+/// scheduled_for, attempt (10 digits), started_at, status, fence,
+/// lease_until and encoding `c`.
 ///
 /// Returns one reply per claim: `{'S'}` started, `{'K', fields}` skipped,
 /// `{'Q'}` queued, `{'R', replaced ids...}` replaced, `{'A'}` advanced,
-/// `{'L', task fields...}` lost (`{'L'}` if the task is gone).
+/// `{'L', task fields...}` lost (`{'L'}` if the task is gone). A queued
+/// occurrence keeps the claim's execution id: the run that starts it later
+/// has that id.
 ///
 /// In a re-send, a claim whose execution id is already stored was applied
 /// by the first send (its reply was lost with the connection): it is
@@ -358,67 +441,89 @@ return 'ok'
 /// made twice loses the second time, like any stale claim.
 const CLAIM: &str = r#"
 local RESEND = ARGV[3] == '1'
-local i = 5
-local function nxt()
-  local v = ARGV[i]
-  i = i + 1
-  return v
-end
+-- Replies without data, shared by every claim that gets them.
+local STARTED, QUEUED, ADVANCED, GONE = {'S'}, {'Q'}, {'A'}, {'L'}
+local SKIPPED_WHY = '=the previous run was still running'
 
-local function lost_reply(d, nr, lr, v, en, st)
-  if not d then return {'L'} end
+-- The reply of a lost claim: the task as it is now, its definition left
+-- out (empty) when the claimer has it at the current version `kv`.
+local function lost(tid, kv)
+  local t = tkey(tid)
+  local nr, lr, v, en, st = unpack(redis.call('HMGET', t, 'nr', 'lr', 'v', 'en', 'st'))
+  if not v then return GONE end
+  local d = ''
+  if v ~= kv then d = redis.call('HGET', t, 'd') end
   return {'L', d, nr, lr, v, en, st}
 end
 
-local function lost(tid)
-  return lost_reply(unpack(redis.call('HMGET', tkey(tid), unpack(TASK_FIELDS))))
-end
-
 -- The reply of a claim applied before (same execution id, its arguments
--- at ARGV[exec_at]), or nil.
-local function replay(tid, exec_at)
-  if not RESEND or not exec_at then return nil end
-  local eid = ARGV[exec_at]
-  local owner, st = unpack(redis.call('HMGET', xkey(eid), 'task', 'st'))
-  if owner ~= tid then return nil end
-  if st == 'running' then return {'S'} end
-  if st == 'skipped' then
-    local out = {'K'}
-    for _, v in ipairs(exec_reply(eid)) do out[#out + 1] = v end
-    return out
-  end
+-- at ARGV[at]), or nil.
+local function replay(tid, at)
+  if not RESEND or not at then return nil end
+  local eid = ARGV[at]
+  local c, st = unpack(redis.call('HMGET', xkey(eid), 'c', 'st'))
+  if not c or exec_meta(c) ~= tid then return nil end
+  if st == 'running' then return STARTED end
+  if st == 'skipped' then return {'K', unpack(exec_reply(eid))} end
   return nil
 end
 
-local SKIPPED_WHY = '=the previous run was still running'
+-- Sets `field` to `value` in the field/value list `set`.
+local function put(set, field, value)
+  for k = 1, #set, 2 do
+    if set[k] == field then
+      set[k + 1] = value
+      return
+    end
+  end
+  set[#set + 1] = field
+  set[#set + 1] = value
+end
 
--- Starts `exec`, or applies the task's overlap policy if a run of it is
--- still running. `set` holds task fields to write in any case.
-local function start_or_overlap(tid, exec, set, run, ov, q)
+-- Records the `n` missed occurrences whose arguments start at ARGV[at];
+-- `hs` and the result as for insert_exec (never false).
+local function record_missed(tid, hs, at, n)
+  local now, node = ARGV[at], ARGV[at + 1]
+  local tn = redis.call('HGET', tkey(tid), 'tn')
+  for k = at + 2, at + 2 * n, 2 do
+    local id, sf = ARGV[k], ARGV[k + 1]
+    local c = encode(tid, '0000000001', 'schedule', sf, now, tn, node)
+    hs = insert_exec(tid, hs, id, sf, '0000000001', 'missed', '1', c, '', {'fa', now}) or hs
+  end
+  return hs
+end
+
+-- Starts the execution whose arguments start at ARGV[at], or applies the
+-- task's overlap policy if a run of it is still running (`bk`: the task
+-- tracks its runs in `run`, with policy `ov` and queued occurrence `q`).
+-- `set` holds task fields to write in any case; `hs` as for insert_exec.
+local function start_or_overlap(tid, at, set, hs, bk, run, ov, q)
   local t = tkey(tid)
-  local now = exec.sa
-  local replaced = {}
+  local id, sf, att, now, st, fence, lease, c =
+    ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5],
+    ARGV[at + 6], ARGV[at + 7]
+  local replaced = nil
   if not none(run) then
     if ov == 'queue_one' and none(q) then
+      local _, _, trig = exec_meta(c)
       set[#set + 1] = 'q'
-      set[#set + 1] = exec.sf .. '|' .. exec.att .. '|' .. exec.trig
+      set[#set + 1] = sf .. '|' .. att .. '|' .. trig .. '|' .. id
       redis.call('HSET', t, unpack(set))
-      return {'Q'}
+      return QUEUED
     elseif ov == 'skip' or ov == 'queue_one' then
+      local why = {'fa', now, 'err', SKIPPED_WHY}
+      local new_hs = insert_exec(tid, hs, id, sf, att, 'skipped', fence, c, '', why)
+      if new_hs then put(set, 'hs', new_hs) end
       if #set > 0 then redis.call('HSET', t, unpack(set)) end
-      exec.st, exec.lease, exec.fa, exec.dur, exec.err = 'skipped', '', now, '0', SKIPPED_WHY
-      if insert_exec(tid, exec) then
-        local out = {'K'}
-        for _, v in ipairs(exec_reply(exec.id)) do out[#out + 1] = v end
-        return out
-      end
+      if new_hs then return {'K', unpack(exec_reply(id))} end
       return lost(tid)
     elseif ov == 'replace' then
-      local why = 'replaced by the run for ' .. rfc3339(exec.sf)
+      local why = '=replaced by the run for ' .. rfc3339(sf)
+      replaced = {}
       for rid in string.gmatch(run, '[^,]+') do
-        local sa, fence = unpack(redis.call('HMGET', xkey(rid), 'sa', 'fence'))
-        if sa then
-          end_running(rid, sa, fence, 'abandoned', now, '=' .. why)
+        local rfence = redis.call('HGET', xkey(rid), 'fence')
+        if rfence then
+          end_running(rid, rfence, 'abandoned', now, why)
           replaced[#replaced + 1] = rid
         end
       end
@@ -426,115 +531,128 @@ local function start_or_overlap(tid, exec, set, run, ov, q)
       run = ''
     end
   end
-  if not insert_exec(tid, exec) then
-    if #replaced > 0 then
-      set[#set + 1] = 'run'
-      set[#set + 1] = ''
-    end
+  local extra = nil
+  if bk == '1' then extra = {'tb', '1'} end
+  local new_hs = insert_exec(tid, hs, id, sf, att, st, fence, c, lease, extra)
+  if not new_hs then
+    if replaced then put(set, 'run', '') end
     if #set > 0 then redis.call('HSET', t, unpack(set)) end
     return lost(tid)
   end
-  if exec.tb == '1' then
-    set[#set + 1] = 'run'
-    set[#set + 1] = run_add(run, exec.id)
-  elseif #replaced > 0 then
-    set[#set + 1] = 'run'
-    set[#set + 1] = ''
-  end
+  put(set, 'hs', new_hs)
+  if bk == '1' then put(set, 'run', run_add(run, id)) end
   redis.call('HSET', t, 'lr', now, unpack(set))
-  if #replaced == 0 then return {'S'} end
-  local out = {'R'}
-  for _, rid in ipairs(replaced) do out[#out + 1] = rid end
-  return out
+  if not replaced then return STARTED end
+  return {'R', unpack(replaced)}
 end
 
--- The execution whose arguments start at ARGV[at].
-local function read_exec(at)
-  return {id = ARGV[at], sf = ARGV[at + 1], att = ARGV[at + 2], sa = ARGV[at + 3],
-    trig = ARGV[at + 4], st = ARGV[at + 5], fence = ARGV[at + 6], lease = ARGV[at + 7],
-    c = ARGV[at + 8]}
-end
-
-local function claim_one(tid, kind, exp_nr, exp_v, new_nr, kv, failed, missed, now, node,
-    exec_at)
+-- A scheduled claim: the compare-and-set of next_run and version (its
+-- arguments at ARGV[s]), the missed records (`nmissed` at ARGV[missed]),
+-- then the execution at ARGV[at] (nil: only advance).
+local function claim_scheduled(tid, s, missed, nmissed, at)
   local t = tkey(tid)
-  local exec = nil
-  local set = {}
-  local run, ov, q, cr
-  if kind == 'S' then
-    local d, nr, lr, v, en, st, rv, tn
-    d, nr, lr, v, en, st, rv, tn, run, ov, q, cr = unpack(redis.call('HMGET', t, 'd', 'nr',
-      'lr', 'v', 'en', 'st', 'rv', 'tn', 'run', 'ov', 'q', 'cr'))
-    if en ~= '1' or nr ~= exp_nr or v ~= exp_v then
-      -- The claimer's store has the definition at version `kv`: no need to
-      -- send it again.
-      if d and v == kv then d = '' end
-      return replay(tid, exec_at) or lost_reply(d, nr, lr, v, en, st)
+  local nr, v, en, bk, hs = unpack(redis.call('HMGET', t, 'nr', 'v', 'en', 'bk', 'hs'))
+  if en ~= '1' or nr ~= ARGV[s] or v ~= ARGV[s + 1] then
+    return replay(tid, at) or lost(tid, ARGV[s + 3])
+  end
+  local new_nr = ARGV[s + 2]
+  if new_nr ~= '' then
+    redis.call('ZADD', DUE, new_nr, tid)
+  else
+    redis.call('ZREM', DUE, tid)
+    redis.call('HDEL', t, 'nr')
+  end
+  if at and not missed and bk ~= '1' then
+    -- The common case (a run of a cron task with `overlap: allow`), with
+    -- no tables built.
+    local id, sf, att, now = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+    hs = insert_exec(tid, hs, id, sf, att, ARGV[at + 4], ARGV[at + 5], ARGV[at + 7],
+      ARGV[at + 6])
+    if not hs then
+      if new_nr ~= '' then redis.call('HSET', t, 'nr', new_nr) end
+      return lost(tid)
     end
     if new_nr ~= '' then
-      redis.call('ZADD', DUE, new_nr, tid)
-      set = {'nr', new_nr, 'rv', fmt(tonumber(rv) + 1)}
+      redis.call('HSET', t, 'lr', now, 'hs', hs, 'nr', new_nr)
     else
-      redis.call('ZREM', DUE, tid)
-      redis.call('HDEL', t, 'nr')
-      set = {'rv', fmt(tonumber(rv) + 1)}
+      redis.call('HSET', t, 'lr', now, 'hs', hs)
     end
-    for _, m in ipairs(missed) do
-      local c = lp(m[1]) .. lp(tid) .. lp(tn) .. lp(m[2]) .. lp(now) .. lp('1') .. lp(node)
-        .. lp('schedule')
-      insert_exec(tid, {id = m[1], sf = m[2], c = c, att = '1', sa = now,
-        trig = 'schedule', st = 'missed', fence = '1', fa = now, dur = '0'})
-    end
-    if not exec_at then
-      redis.call('HSET', t, unpack(set))
-      return {'A'}
-    end
-  else
-    local tn
-    tn, run, ov, q, cr = unpack(redis.call('HMGET', t, 'tn', 'run', 'ov', 'q', 'cr'))
-    if not tn then return {'L'} end
-    if kind == 'R' then
-      local x = xkey(failed)
-      local owner, retry = unpack(redis.call('HMGET', x, 'task', 'retry'))
-      if owner ~= tid or none(retry) then
-        return replay(tid, exec_at) or lost(tid)
-      end
-      redis.call('ZREM', RETRY, failed)
-      redis.call('HSET', x, 'retry', '')
-    else
-      local r = replay(tid, exec_at)
-      if r then return r end
-    end
-    if not exec_at then return {'A'} end
+    return STARTED
   end
-  exec = read_exec(exec_at)
-  exec.tb = needs_bookkeeping(ov, cr) and '1' or '0'
-  return start_or_overlap(tid, exec, set, run, ov, q)
+  local set = {}
+  if new_nr ~= '' then
+    set[1] = 'nr'
+    set[2] = new_nr
+  end
+  if missed then
+    hs = record_missed(tid, hs, missed, nmissed)
+    -- Written whatever happens next: the records raised it.
+    if hs then put(set, 'hs', hs) end
+  end
+  if not at then
+    if #set > 0 then redis.call('HSET', t, unpack(set)) end
+    return ADVANCED
+  end
+  if bk ~= '1' then return start_or_overlap(tid, at, set, hs) end
+  local run, ov, q = unpack(redis.call('HMGET', t, 'run', 'ov', 'q'))
+  return start_or_overlap(tid, at, set, hs, bk, run, ov, q)
+end
+
+-- A retry (of execution `failed`) or manual claim: no condition but that
+-- the task exists (and, for a retry, that `failed` still awaits it).
+local function claim_other(tid, failed, at)
+  local t = tkey(tid)
+  local tn, bk, run, ov, q, hs =
+    unpack(redis.call('HMGET', t, 'tn', 'bk', 'run', 'ov', 'q', 'hs'))
+  if not tn then return GONE end
+  if failed then
+    local x = xkey(failed)
+    local c, retry = unpack(redis.call('HMGET', x, 'c', 'retry'))
+    if not c or exec_meta(c) ~= tid or none(retry) then
+      return replay(tid, at) or lost(tid)
+    end
+    redis.call('ZREM', RETRY, failed)
+    redis.call('HDEL', x, 'retry')
+  else
+    local r = replay(tid, at)
+    if r then return r end
+  end
+  if not at then return ADVANCED end
+  return start_or_overlap(tid, at, {}, hs, bk, run, ov, q)
 end
 
 local out = {}
-for c = 1, tonumber(ARGV[4]) do
-  use_base(nxt())
-  local tid, kind = nxt(), nxt()
-  local exp_nr, exp_v, new_nr, kv, failed
+local i = 5
+for n = 1, tonumber(ARGV[4]) do
+  use_base(ARGV[i])
+  local tid, kind = ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  local s, failed = i, nil
   if kind == 'S' then
-    exp_nr, exp_v, new_nr, kv = nxt(), nxt(), nxt(), nxt()
+    i = i + 4
   elseif kind == 'R' then
-    failed = nxt()
+    failed = ARGV[i]
+    i = i + 1
   end
-  local missed, now, node = {}, nil, nil
-  local nmissed = tonumber(nxt())
+  local nmissed, missed = tonumber(ARGV[i]), nil
+  i = i + 1
   if nmissed > 0 then
-    now, node = nxt(), nxt()
-    for m = 1, nmissed do missed[m] = {nxt(), nxt()} end
+    missed = i
+    i = i + 2 + 2 * nmissed
   end
   -- The execution is read from ARGV only if the claim gets that far.
-  local exec = nil
-  if nxt() == '1' then
-    exec = i
+  local at = nil
+  if ARGV[i] == '1' then
+    at = i + 1
     i = i + 9
+  else
+    i = i + 1
   end
-  out[c] = claim_one(tid, kind, exp_nr, exp_v, new_nr, kv, failed, missed, now, node, exec)
+  if kind == 'S' then
+    out[n] = claim_scheduled(tid, s, missed, nmissed, at)
+  else
+    out[n] = claim_other(tid, failed, at)
+  end
 end
 return out
 "#;
@@ -543,11 +661,9 @@ return out
 /// `gone` (no such execution here) or `taken` (fence moved on or it ended).
 const RENEW: &str = r#"
 local eid, fence, untl = ARGV[3], ARGV[4], ARGV[5]
-local x = xkey(eid)
-local st, f = unpack(redis.call('HMGET', x, 'st', 'fence'))
+local st, f = unpack(redis.call('HMGET', xkey(eid), 'st', 'fence'))
 if not st then return 'gone' end
 if st ~= 'running' or f ~= fence then return 'taken' end
-redis.call('HSET', x, 'lease', untl)
 redis.call('ZADD', LEASES, untl, eid)
 return 'ok'
 "#;
@@ -555,48 +671,57 @@ return 'ok'
 /// Records results, each atomically and independently. ARGV[3] = number
 /// of results, then per result: partition base, execution id, fence,
 /// status, finished_at, error ("" none, else `=` and the text), output
-/// (same), retry_at ("" none), node, lease_until, id for a queued
-/// occurrence started here, the run's actual start ("" as claimed). Returns one reply per result: `{'OK'}`,
-/// `{'OK', started execution fields}`, `{'C', 'gone'}`, `{'C', 'taken'}`
-/// or `{'I'}` (status `running`). The same result sent twice (a reply lost
-/// with the connection) is `{'OK'}` the second time.
+/// (same), retry_at ("" none), node and lease_until (for a queued
+/// occurrence started here), the run's actual start ("" as claimed).
+/// Returns one reply per result: `{'OK'}`, `{'OK', started execution
+/// fields}`, `{'C', 'gone'}`, `{'C', 'taken'}` or `{'I'}` (status
+/// `running`). The same result sent twice (a reply lost with the
+/// connection) is `{'OK'}` the second time.
 const FINISH: &str = r#"
-local function finish_one(eid, fence, status, fa, err, output, retry, node, lease, new_id,
-    actual)
+-- Replies without data, shared by every result that gets them.
+local OK, GONE, TAKEN, RUNNING = {'OK'}, {'C', 'gone'}, {'C', 'taken'}, {'I'}
+
+local function finish_one(eid, fence, status, fa, err, output, retry, node, lease, actual)
   local x = xkey(eid)
-  local st, xf, tid, trig, sa, xfa, tb =
-    unpack(redis.call('HMGET', x, 'st', 'fence', 'task', 'trig', 'sa', 'fa', 'tb'))
-  if not st then return {'C', 'gone'} end
+  local st, xf, tb = unpack(redis.call('HMGET', x, 'st', 'fence', 'tb'))
+  if not st then return GONE end
   if st ~= 'running' or xf ~= fence then
-    if st == status and tonumber(xf) == tonumber(fence) + 1 and xfa == fa then
-      return {'OK'}
+    if st == status and tonumber(xf) == tonumber(fence) + 1
+        and redis.call('HGET', x, 'fa') == fa then
+      return OK
     end
-    return {'C', 'taken'}
+    return TAKEN
   end
-  if status == 'running' then return {'I'} end
-  local extra = {'out', output}
-  if actual ~= '' then
-    sa = actual
-    extra[3] = 'sa'
-    extra[4] = actual
-  end
+  if status == 'running' then return RUNNING end
   if retry ~= '' and status ~= 'succeeded' then
-    extra[#extra + 1] = 'retry'
-    extra[#extra + 1] = retry
     redis.call('ZADD', RETRY, retry, eid)
   else
     retry = ''
   end
-  end_running(eid, sa, xf, status, fa, err, extra)
-  if tb ~= '1' then return {'OK'} end
-  local started = after_end(tid, eid, trig, status, retry, node, fa, lease, new_id)
-  trim(tid)
-  if started then
-    local out = {'OK'}
-    for _, v in ipairs(exec_reply(started)) do out[#out + 1] = v end
-    return out
+  if output == '' and actual == '' and retry == '' then
+    end_running(eid, xf, status, fa, err)
+  else
+    local extra = {}
+    if output ~= '' then
+      extra[#extra + 1] = 'out'
+      extra[#extra + 1] = output
+    end
+    if actual ~= '' then
+      extra[#extra + 1] = 'sa'
+      extra[#extra + 1] = actual
+    end
+    if retry ~= '' then
+      extra[#extra + 1] = 'retry'
+      extra[#extra + 1] = retry
+    end
+    end_running(eid, xf, status, fa, err, unpack(extra))
   end
-  return {'OK'}
+  if tb ~= '1' then return OK end
+  local tid, _, trig = exec_meta(redis.call('HGET', x, 'c'))
+  local started = after_end(tid, eid, trig, status, retry, node, fa, lease)
+  trim(hkey(tid))
+  if started then return {'OK', unpack(exec_reply(started))} end
+  return OK
 end
 
 local out = {}
@@ -604,50 +729,45 @@ local i = 4
 for c = 1, tonumber(ARGV[3]) do
   use_base(ARGV[i])
   out[c] = finish_one(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
-    ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11])
-  i = i + 12
+    ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10])
+  i = i + 11
 end
 return out
 "#;
 
-/// Takes over expired leases. ARGV[3..]: now, node, lease_until, then ids
-/// for queued occurrences started here (their number is the limit).
+/// Takes over expired leases. ARGV[3..]: now, node, lease_until (for
+/// queued occurrences started here), the most to take over.
 /// Returns a list of `{'A', fields}` (abandoned) and `{'S', fields}`
 /// (started) replies.
 const RECOVER: &str = r#"
-local now, node, lease = ARGV[3], ARGV[4], ARGV[5]
-local limit = #ARGV - 5
+local now, node, lease, limit = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local out = {}
 if limit <= 0 then return out end
 local WHY = '=lease expired: its scheduler stopped renewing it'
 local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', '(' .. now, 'LIMIT', 0, limit)
-for j, eid in ipairs(expired) do
+for _, eid in ipairs(expired) do
   local x = xkey(eid)
-  local tid, st, att, trig, sa, fence, tb =
-    unpack(redis.call('HMGET', x, 'task', 'st', 'att', 'trig', 'sa', 'fence', 'tb'))
+  local st, fence, tb, c = unpack(redis.call('HMGET', x, 'st', 'fence', 'tb', 'c'))
   if st ~= 'running' then
     redis.call('ZREM', LEASES, eid)
   else
+    local tid, att, trig = exec_meta(c)
     local mr, bo = unpack(redis.call('HMGET', tkey(tid), 'mr', 'bo'))
     local retry = ''
-    local extra = {}
     if mr and tonumber(att) <= tonumber(mr) then
       retry = fmt(tonumber(now) + backoff_ms(bo, att) * 1000)
-      extra = {'retry', retry}
       redis.call('ZADD', RETRY, retry, eid)
+      end_running(eid, fence, 'abandoned', now, WHY, 'retry', retry)
+    else
+      end_running(eid, fence, 'abandoned', now, WHY)
     end
-    end_running(eid, sa, fence, 'abandoned', now, WHY, extra)
     local started = nil
     if tb == '1' then
-      started = after_end(tid, eid, trig, 'abandoned', retry, node, now, lease, ARGV[5 + j])
+      started = after_end(tid, eid, trig, 'abandoned', retry, node, now, lease)
     end
-    local a = {'A'}
-    for _, v in ipairs(exec_reply(eid)) do a[#a + 1] = v end
-    out[#out + 1] = a
+    out[#out + 1] = {'A', unpack(exec_reply(eid))}
     if started then
-      local s = {'S'}
-      for _, v in ipairs(exec_reply(started)) do s[#s + 1] = v end
-      out[#out + 1] = s
+      out[#out + 1] = {'S', unpack(exec_reply(started))}
     end
   end
 end
@@ -686,21 +806,29 @@ out[1] = total
 return out
 "#;
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}{body}"))
+/// A script of `parts` (helpers, then the body), behind [`BASE`].
+fn script(parts: &[&str]) -> Script {
+    Script::new(&[&[BASE], parts].concat().concat())
 }
 
-pub(crate) static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CREATE));
-pub(crate) static UPDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(UPDATE));
-pub(crate) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(DELETE));
-pub(crate) static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CLAIM));
-pub(crate) static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RENEW));
-pub(crate) static FINISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FINISH));
-pub(crate) static RECOVER_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RECOVER));
-pub(crate) static DUE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(DUE_PAGE));
-pub(crate) static HISTORY_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(HISTORY));
+pub(crate) static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[CREATE]));
+pub(crate) static UPDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[UPDATE]));
+pub(crate) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[DELETE]));
+pub(crate) static CLAIM_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| script(&[FMT, EXEC_READ, EXEC_WRITE, RUN_LIST, RFC3339, CLAIM]));
+pub(crate) static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[RENEW]));
+pub(crate) static FINISH_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| script(&[FMT, EXEC_READ, EXEC_WRITE, RUN_LIST, AFTER_END, FINISH]));
+pub(crate) static RECOVER_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    script(&[
+        FMT, EXEC_READ, EXEC_WRITE, RUN_LIST, AFTER_END, BACKOFF, RECOVER,
+    ])
+});
+pub(crate) static DUE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[BYTES_GT, DUE_PAGE]));
+pub(crate) static HISTORY_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| script(&[EXEC_READ, HISTORY]));
 
-/// Scheduler membership (`Store::heartbeat`), without the prelude: `KEYS[1]`
+/// Scheduler membership (`Store::heartbeat`), without [`BASE`]: `KEYS[1]`
 /// the membership sorted set `{prefix:nodes}` (score: alive-until in
 /// microseconds), `ARGV[1]` the node, `ARGV[2]` now, `ARGV[3]` its
 /// alive-until. Records the node, drops entries expired for a day, returns

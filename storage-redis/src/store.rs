@@ -252,7 +252,6 @@ struct FinishItem {
     retry_at: String,
     node: String,
     lease_until: String,
-    queued_id: String,
 }
 
 impl FinishItem {
@@ -268,7 +267,6 @@ impl FinishItem {
             retry_at: f.retry_at.map(micros).unwrap_or_default(),
             node: f.node,
             lease_until: micros(f.lease_until),
-            queued_id: ExecutionId::new().to_string(),
         }
     }
 
@@ -284,7 +282,6 @@ impl FinishItem {
             .arg(&self.retry_at)
             .arg(&self.node)
             .arg(&self.lease_until)
-            .arg(&self.queued_id)
             .arg(&self.started_at);
     }
 }
@@ -569,19 +566,7 @@ impl RedisStore {
         let mut delay = Duration::from_millis(20);
         let mut resend = false;
         loop {
-            let mut inv = self.invocation(&CLAIM_SCRIPT, p);
-            inv.arg(if resend { "1" } else { "0" }).arg(idx.len());
-            for &i in idx {
-                let claim = &claims[i];
-                let known = self.defs().get(&claim.task_id).map(|t| t.version);
-                encode_claim(
-                    &mut inv,
-                    self.base(self.partition(claim.task_id)),
-                    known,
-                    claim,
-                );
-            }
-            match self.eval::<Value>(&inv).await {
+            match self.claim_call(p, claims, idx, resend).await {
                 Err(err)
                     if err.is_transient() && tokio::time::Instant::now() + delay < deadline =>
                 {
@@ -590,16 +575,37 @@ impl RedisStore {
                     delay = (delay * 2).min(Duration::from_millis(500));
                     resend = true;
                 }
-                Err(err) => return Err(err),
-                Ok(reply) => {
-                    let reply = array(reply)?;
-                    if reply.len() != idx.len() {
-                        return Err(corrupt("claim: one reply per claim expected"));
-                    }
-                    return Ok(reply);
-                }
+                other => return other,
             }
         }
+    }
+
+    /// One claim script call for the claims `idx`, routed to partition `p`
+    /// (`resend`: the call repeats one whose reply was lost).
+    async fn claim_call(
+        &self,
+        p: usize,
+        claims: &[Claim],
+        idx: &[usize],
+        resend: bool,
+    ) -> Result<Vec<Value>, Error> {
+        let mut inv = self.invocation(&CLAIM_SCRIPT, p);
+        inv.arg(if resend { "1" } else { "0" }).arg(idx.len());
+        for &i in idx {
+            let claim = &claims[i];
+            let known = self.defs().get(&claim.task_id).map(|t| t.version);
+            encode_claim(
+                &mut inv,
+                self.base(self.partition(claim.task_id)),
+                known,
+                claim,
+            );
+        }
+        let reply = array(self.eval::<Value>(&inv).await?)?;
+        if reply.len() != idx.len() {
+            return Err(corrupt("claim: one reply per claim expected"));
+        }
+        Ok(reply)
     }
 
     /// The outcome of one claim from its script reply; `None` for a lost
@@ -1104,6 +1110,7 @@ impl Store for RedisStore {
             .arg(f.max_retries)
             .arg(f.backoff_ms)
             .arg(f.is_cron)
+            .arg(f.bookkeeping)
             .arg(&self.shared.channel)
             .arg(Self::change_message(&task));
         match self.eval::<String>(&inv).await?.as_str() {
@@ -1191,6 +1198,7 @@ impl Store for RedisStore {
             inv.arg(id.to_string())
                 .arg(tenant)
                 .arg(rv)
+                .arg(old.next_run.map(micros).unwrap_or_default())
                 .arg(f.d)
                 .arg(f.next_run)
                 .arg(f.version)
@@ -1200,6 +1208,7 @@ impl Store for RedisStore {
                 .arg(f.max_retries)
                 .arg(f.backoff_ms)
                 .arg(f.is_cron)
+                .arg(f.bookkeeping)
                 .arg(&self.shared.channel)
                 .arg(Self::change_message(&updated));
             match self.eval::<String>(&inv).await?.as_str() {
@@ -1364,10 +1373,7 @@ impl Store for RedisStore {
             }
             let n = count.min(remaining).min(MAX_PAGE);
             let mut inv = self.invocation(&RECOVER_SCRIPT, p);
-            inv.arg(&now_us).arg(node).arg(micros(lease_until));
-            for _ in 0..n {
-                inv.arg(ExecutionId::new().to_string());
-            }
+            inv.arg(&now_us).arg(node).arg(micros(lease_until)).arg(n);
             for entry in array(self.eval::<Value>(&inv).await?)? {
                 let items = array(entry)?;
                 let kind = items.first().map(bytes).transpose()?.flatten();
@@ -1469,9 +1475,8 @@ fn encode_claim(
             inv.arg("1")
                 .arg(e.id.to_string())
                 .arg(micros(e.scheduled_for))
-                .arg(e.attempt)
+                .arg(format!("{:010}", e.attempt))
                 .arg(micros(e.started_at))
-                .arg(name_of(&e.trigger))
                 .arg(name_of(&e.status))
                 .arg(e.fence)
                 .arg(e.lease_until.map(micros).unwrap_or_default())
@@ -1479,6 +1484,89 @@ fn encode_claim(
         }
         None => {
             inv.arg("0");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tickwheel::{NewTask, Overlap, Policy, Trigger};
+
+    /// The first reply word of each claim of a call.
+    fn kinds(reply: Vec<Value>) -> Vec<Vec<u8>> {
+        reply
+            .into_iter()
+            .map(|r| bytes(&array(r).unwrap()[0]).unwrap().unwrap())
+            .collect()
+    }
+
+    /// A claim re-sent after its reply was lost is answered as the first
+    /// time (started, or skipped with the same record); sent again without
+    /// the re-send mark it loses. Needs the single test server
+    /// (`TICKWHEEL_TEST_REDIS_URL`; skipped without it).
+    #[tokio::test]
+    async fn a_resent_claim_is_answered_as_first_applied() {
+        let Ok(url) = std::env::var("TICKWHEEL_TEST_REDIS_URL") else {
+            eprintln!("SKIPPED: TICKWHEEL_TEST_REDIS_URL is not set");
+            return;
+        };
+        let prefix = format!("test-resend-{}", ExecutionId::new());
+        let store = RedisStore::builder()
+            .prefix(prefix)
+            .connect(&url)
+            .await
+            .unwrap();
+        let mut input = NewTask::cron("r", "a", "* * * * *");
+        input.policy = Some(Policy {
+            overlap: Overlap::Skip,
+            ..Policy::default()
+        });
+        let task = store
+            .create_task(input.validate("resend", Utc::now()).unwrap())
+            .await
+            .unwrap();
+        let claim = |at: DateTime<Utc>, next: DateTime<Utc>| Claim {
+            task_id: task.id,
+            kind: ClaimKind::Scheduled {
+                expected_next_run: at,
+                expected_version: task.version,
+                new_next_run: Some(next),
+            },
+            execution: Some(Execution::start(
+                &task,
+                at,
+                1,
+                Trigger::Schedule,
+                "n",
+                at,
+                at + chrono::Duration::seconds(30),
+            )),
+            missed: Vec::new(),
+            node: "n".into(),
+            now: at,
+        };
+        let at = task.next_run.unwrap();
+        let next = at + chrono::Duration::seconds(60);
+        // The first starts a run, the second is skipped while it runs.
+        let claims = [
+            claim(at, next),
+            claim(next, next + chrono::Duration::seconds(60)),
+        ];
+        let p = store.partition(task.id);
+        for i in 0..2 {
+            let first = store.claim_call(p, &claims, &[i], false).await.unwrap();
+            let again = store.claim_call(p, &claims, &[i], true).await.unwrap();
+            assert_eq!(kinds(first.clone()), kinds(again.clone()));
+            if i == 1 {
+                let record = |reply: Vec<Value>| {
+                    let items = array(reply.into_iter().next().unwrap()).unwrap();
+                    exec_from_pairs(&strings(&items[1..]).unwrap()).unwrap()
+                };
+                assert_eq!(record(first), record(again), "the same skipped record");
+            }
+            let stale = store.claim_call(p, &claims, &[i], false).await.unwrap();
+            assert_eq!(kinds(stale), vec![b"L".to_vec()]);
         }
     }
 }

@@ -381,3 +381,187 @@ async fn a_lost_claim_reports_the_task_as_it_is() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A manual claim for `(at, attempt)`, with a 30 s lease.
+fn manual_attempt(task: &tickwheel::Task, at: DateTime<Utc>, attempt: u32) -> Claim {
+    let mut claim = manual(task, at);
+    if let Some(e) = &mut claim.execution {
+        e.attempt = attempt;
+    }
+    claim
+}
+
+fn succeeded(e: &Execution, at: DateTime<Utc>) -> Finish {
+    Finish {
+        id: e.id,
+        fence: e.fence,
+        status: ExecutionStatus::Succeeded,
+        started_at: None,
+        finished_at: at,
+        error: None,
+        output: None,
+        retry_at: None,
+        node: "n".into(),
+        lease_until: at + Duration::seconds(30),
+    }
+}
+
+async fn start(store: &RedisStore, claim: Claim) -> Execution {
+    match store.claim(vec![claim]).await.unwrap().remove(0) {
+        ClaimOutcome::Started(e) => e,
+        other => panic!("expected Started, got {other:?}"),
+    }
+}
+
+async fn history_of(store: &RedisStore, tenant: &str, task: &tickwheel::Task) -> Vec<Execution> {
+    let page = store
+        .executions(tenant, task.id, ExecutionQuery::newest(100))
+        .await
+        .unwrap();
+    assert_eq!(page.total, page.executions.len());
+    page.executions
+}
+
+/// (scheduled_for, attempt) is unique whether the occurrence is later than
+/// every one recorded (no lookup) or not.
+#[tokio::test]
+async fn an_occurrence_starts_once_per_attempt() {
+    let Some(store) = single_store(&unique_prefix("unique"), 50).await else {
+        return;
+    };
+    let task = store
+        .create_task(
+            NewTask::cron("u", "a", "* * * * *")
+                .validate("unique", Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let at = task.next_run.unwrap();
+    let earlier = at - Duration::seconds(600);
+    start(&store, manual_attempt(&task, at, 1)).await;
+    for (when, attempt, wins) in [
+        (at, 1, false),
+        (at, 2, true),
+        (at, 2, false),
+        (earlier, 1, true),
+        (earlier, 1, false),
+        (earlier, 3, true),
+        (at + Duration::seconds(1), 1, true),
+    ] {
+        let outcome = store
+            .claim(vec![manual_attempt(&task, when, attempt)])
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            matches!(outcome, ClaimOutcome::Started(_)),
+            wins,
+            "({when}, {attempt}): {outcome:?}"
+        );
+    }
+    let h = history_of(&store, "unique", &task).await;
+    let keys: Vec<_> = h.iter().map(|e| (e.scheduled_for, e.attempt)).collect();
+    assert_eq!(
+        keys,
+        vec![
+            (at + Duration::seconds(1), 1),
+            (at, 2),
+            (at, 1),
+            (earlier, 3),
+            (earlier, 1)
+        ]
+    );
+}
+
+/// At the retention limit each new execution drops the oldest finished
+/// one; an oldest one still running or awaiting a retry is kept and the
+/// next finished one goes instead.
+#[tokio::test]
+async fn the_trim_keeps_runs_that_are_not_done() {
+    let Some(store) = single_store(&unique_prefix("trim"), 3).await else {
+        return;
+    };
+    let mut input = NewTask::cron("t", "a", "* * * * *");
+    input.policy = Some(Policy {
+        max_retries: 1,
+        ..Policy::default()
+    });
+    let task = store
+        .create_task(input.validate("trim", Utc::now()).unwrap())
+        .await
+        .unwrap();
+    let t0 = task.next_run.unwrap();
+    let at = |i: i64| t0 + Duration::seconds(60 * i);
+    let running = start(&store, manual(&task, at(1))).await;
+    let failed = start(&store, manual(&task, at(2))).await;
+    let mut f = succeeded(&failed, at(2));
+    f.status = ExecutionStatus::Failed;
+    f.retry_at = Some(at(100));
+    store.finish(f).await.unwrap();
+    let mut done = Vec::new();
+    for i in 3..=6 {
+        let e = start(&store, manual(&task, at(i))).await;
+        store.finish(succeeded(&e, at(i))).await.unwrap();
+        done.push(e.id);
+    }
+    let ids = |h: &[Execution]| h.iter().map(|e| e.id).collect::<Vec<_>>();
+    let h = history_of(&store, "trim", &task).await;
+    assert_eq!(ids(&h), vec![done[3], failed.id, running.id]);
+    assert_eq!(h[2].status, ExecutionStatus::Running);
+    // Once the oldest has finished it is the one dropped.
+    store.finish(succeeded(&running, at(7))).await.unwrap();
+    let next = start(&store, manual(&task, at(8))).await;
+    let h = history_of(&store, "trim", &task).await;
+    assert_eq!(ids(&h), vec![next.id, done[3], failed.id]);
+    let retries = store.due_retries(at(100), 10).await.unwrap();
+    assert_eq!(ids(&retries), vec![failed.id], "the retry still awaits");
+}
+
+/// A queued occurrence starts under the id of the claim that queued it;
+/// the lease of a running execution reads back from the lease index.
+#[tokio::test]
+async fn a_queued_occurrence_keeps_its_claims_id_and_leases_read_back() {
+    let Some(store) = single_store(&unique_prefix("queue"), 50).await else {
+        return;
+    };
+    let mut input = NewTask::cron("q", "a", "* * * * *");
+    input.policy = Some(Policy {
+        overlap: Overlap::QueueOne,
+        ..Policy::default()
+    });
+    let task = store
+        .create_task(input.validate("queue", Utc::now()).unwrap())
+        .await
+        .unwrap();
+    let at = task.next_run.unwrap();
+    let first = start(&store, manual(&task, at)).await;
+    let later = at + Duration::seconds(60);
+    let queued = manual(&task, later);
+    let queued_id = queued.execution.as_ref().unwrap().id;
+    assert_eq!(
+        store.claim(vec![queued]).await.unwrap()[0],
+        ClaimOutcome::Queued
+    );
+    let renewed = at + Duration::seconds(45);
+    store
+        .renew_lease(first.id, first.fence, renewed)
+        .await
+        .unwrap();
+    let h = history_of(&store, "queue", &task).await;
+    assert_eq!(h[0].lease_until, Some(renewed));
+    let outcome = store.finish(succeeded(&first, later)).await.unwrap();
+    let started = outcome.started.expect("the queued occurrence starts");
+    assert_eq!(
+        (started.id, started.scheduled_for, started.status),
+        (queued_id, later, ExecutionStatus::Running)
+    );
+    assert_eq!(started.lease_until, Some(later + Duration::seconds(30)));
+    let h = history_of(&store, "queue", &task).await;
+    assert_eq!(h[0], started);
+    assert_eq!(
+        (h[1].lease_until, h[1].duration_ms),
+        (None, Some(60_000)),
+        "an ended run has no lease"
+    );
+}
