@@ -109,7 +109,7 @@ impl Members {
 }
 
 /// FNV-1a of a node name, finalized: stable across processes and builds.
-fn seed(node: &str) -> u64 {
+pub(crate) fn seed(node: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in node.bytes() {
         h ^= u64::from(b);

@@ -28,6 +28,9 @@ use crate::wheel::{TimerKey, TimingWheel};
 
 /// Tasks read per due-scan page (one page per loop turn).
 const SCAN_PAGE: usize = 2_000;
+/// The page of the periodic safety-net scan, which runs while occurrences
+/// are being claimed: smaller, so no page holds the loop up for long.
+const SAFETY_PAGE: usize = 500;
 /// Store backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -72,6 +75,8 @@ struct Scan {
     after: Option<(DateTime<Utc>, TaskId)>,
     horizon: DateTime<Utc>,
     kind: ScanKind,
+    /// Tasks read per page.
+    page: usize,
 }
 
 /// Longest a shutting-down scheduler waits to leave the membership.
@@ -314,12 +319,18 @@ impl Engine {
                 after: None,
                 horizon,
                 kind: ScanKind::Full,
+                page: if self.full_scan_pending {
+                    SCAN_PAGE
+                } else {
+                    SAFETY_PAGE
+                },
             });
         } else if now >= self.next_refill {
             self.scan = Some(Scan {
                 after: self.watermark,
                 horizon,
                 kind: ScanKind::Refill,
+                page: SCAN_PAGE,
             });
         } else if now >= self.next_overdue_scan && self.members.is_split() {
             // A node that is itself behind leaves its peers' late work to
@@ -343,6 +354,7 @@ impl Engine {
                 after: None,
                 horizon: now - takeover_after,
                 kind: ScanKind::Overdue,
+                page: SCAN_PAGE,
             });
         }
     }
@@ -353,8 +365,8 @@ impl Engine {
         let Some(scan) = self.scan.as_mut() else {
             return;
         };
-        let (after, horizon, kind) = (scan.after, scan.horizon, scan.kind);
-        let tasks = match self.shared.store.due_tasks(after, horizon, SCAN_PAGE).await {
+        let (after, horizon, kind, page) = (scan.after, scan.horizon, scan.kind, scan.page);
+        let tasks = match self.shared.store.due_tasks(after, horizon, page).await {
             Ok(tasks) => tasks,
             Err(err) => {
                 self.store_failed(now, "due scan", &err);
@@ -380,7 +392,7 @@ impl Engine {
                 t.takeover = true;
             }
         }
-        if n == SCAN_PAGE {
+        if n == page {
             if let Some(scan) = self.scan.as_mut() {
                 scan.after = last;
             }
@@ -411,7 +423,14 @@ impl Engine {
         self.next_refill = now + (self.look_ahead() / 2).max(TimeDelta::milliseconds(500));
         if kind == ScanKind::Full {
             self.full_scan_pending = false;
-            self.next_full_scan = now + delta(self.shared.config.full_scan_every);
+            // Spread over 75–125% of the period, differently per node and
+            // per turn, so nodes started together do not all read every
+            // task at the same moment.
+            let spread = crate::model::mix64(
+                super::affinity::seed(&self.shared.config.node) ^ now.timestamp_millis() as u64,
+            ) % 501;
+            self.next_full_scan =
+                now + delta(self.shared.config.full_scan_every) * (750 + spread as i32) / 1000;
         }
     }
 
