@@ -259,18 +259,27 @@ impl Engine {
     }
 
     /// The next moment the loop has something to do.
+    ///
+    /// While the store is backed off nothing that needs it can happen
+    /// before the backoff ends, and a scan in progress runs at once: a
+    /// refill or full scan already overdue must not count then, or the loop
+    /// spins (it did, at full CPU, for as long as a store stayed away).
     fn wake_time(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        let mut wake = self.next_refill.min(self.next_full_scan);
-        if self.members.is_split() {
-            wake = wake.min(self.next_overdue_scan);
-        }
-        if let Some(until) = self.backoff_until {
-            wake = wake.min(until);
-        } else if self.scan.is_some()
-            || (!self.ready.is_empty() && self.shared.permits.available_permits() > 0)
-        {
-            wake = now;
-        }
+        let mut wake = match self.backoff_until {
+            Some(until) if until > now => until,
+            _ if self.scan.is_some()
+                || (!self.ready.is_empty() && self.shared.permits.available_permits() > 0) =>
+            {
+                now
+            }
+            _ => {
+                let mut next_scan = self.next_refill.min(self.next_full_scan);
+                if self.members.is_split() {
+                    next_scan = next_scan.min(self.next_overdue_scan);
+                }
+                next_scan
+            }
+        };
         if let Some(deadline) = self.wheel.next_deadline() {
             wake = wake.min(from_tick(deadline) - self.claim_ahead());
         }
