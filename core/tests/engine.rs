@@ -815,10 +815,28 @@ async fn a_store_outage_delays_runs_but_loses_none() {
     scheduler.shutdown(Duration::from_secs(1)).await;
 }
 
-/// Affinity: two schedulers split the tasks (each task runs on one node).
-/// When one can no longer claim but still heartbeats, the other claims its
-/// occurrences once they are `takeover_after` late; when it stops
-/// heartbeating too, the other owns its tasks. None lost, none run twice.
+/// A memory store with `n` tasks firing every second.
+async fn every_second(n: usize) -> (MemoryStore, Vec<Task>) {
+    let store = MemoryStore::with_retention(1000);
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        tasks.push(create(&store, "* * * * * *", Policy::default()).await);
+    }
+    (store, tasks)
+}
+
+/// Asserts that `task`'s occurrences from `from` on ran on one node; returns it.
+async fn ran_on_one_node(store: &MemoryStore, task: &Task, from: DateTime<Utc>) -> String {
+    let nodes: HashSet<String> = history(store, task)
+        .await
+        .into_iter()
+        .filter(|e| e.scheduled_for >= from)
+        .map(|e| e.node)
+        .collect();
+    assert_eq!(nodes.len(), 1, "task {} ran on {nodes:?}", task.id);
+    nodes.into_iter().next().expect("one node")
+}
+
 /// When every node is behind (here: the clock jumps 2 s, as after a pause
 /// of the whole cluster shorter than the membership's expiry), none takes
 /// over its peers' late occurrences: each owner catches up on its own, and
@@ -826,11 +844,7 @@ async fn a_store_outage_delays_runs_but_loses_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_that_are_all_behind_do_not_take_over() {
     const TASKS: usize = 100;
-    let store = MemoryStore::with_retention(1000);
-    let mut tasks = Vec::new();
-    for _ in 0..TASKS {
-        tasks.push(create(&store, "* * * * * *", Policy::default()).await);
-    }
+    let (store, tasks) = every_second(TASKS).await;
     let clock = ManualClock::new(t0());
     let node = |name: &str| {
         let (_probe, executor) = Probe::new(Mode::Succeed);
@@ -884,26 +898,20 @@ async fn nodes_that_are_all_behind_do_not_take_over() {
         );
     }
     for task in &tasks {
-        let nodes: HashSet<String> = history(&store, task)
-            .await
-            .into_iter()
-            .filter(|e| e.scheduled_for >= t0() + secs(4))
-            .map(|e| e.node)
-            .collect();
-        assert_eq!(nodes.len(), 1, "task {} ran on {nodes:?}", task.id);
+        ran_on_one_node(&store, task, t0() + secs(4)).await;
     }
     a.shutdown(Duration::from_secs(5)).await;
     b.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Affinity: two schedulers split the tasks (each task runs on one node).
+/// When one can no longer claim but still heartbeats, the other claims its
+/// occurrences once they are `takeover_after` late; when it stops
+/// heartbeating too, the other owns its tasks. None lost, none run twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_has_its_tasks_taken_over() {
     const TASKS: usize = 200;
-    let store = MemoryStore::with_retention(1000);
-    let mut tasks = Vec::new();
-    for _ in 0..TASKS {
-        tasks.push(create(&store, "* * * * * *", Policy::default()).await);
-    }
+    let (store, tasks) = every_second(TASKS).await;
     let flaky_b = Arc::new(Flaky {
         inner: store.clone(),
         down: AtomicBool::new(false),
@@ -950,14 +958,8 @@ async fn a_silent_node_has_its_tasks_taken_over() {
     // Once both see both, each task runs on one node.
     let mut owned = HashMap::<String, usize>::new();
     for task in &tasks {
-        let nodes: HashSet<String> = history(&store, task)
-            .await
-            .into_iter()
-            .filter(|e| e.scheduled_for > t0() + secs(settled))
-            .map(|e| e.node)
-            .collect();
-        assert_eq!(nodes.len(), 1, "task {} ran on {nodes:?}", task.id);
-        *owned.entry(nodes.into_iter().next().unwrap()).or_default() += 1;
+        let node = ran_on_one_node(&store, task, t0() + secs(settled + 1)).await;
+        *owned.entry(node).or_default() += 1;
     }
     assert_eq!(owned.len(), 2, "both nodes own tasks: {owned:?}");
     for (node, lost_before) in [&a, &b].into_iter().zip(lost_at_5) {
