@@ -279,6 +279,66 @@ async fn occurrences_are_claimed_ahead_and_run_at_their_instant() {
     .await;
 }
 
+/// Runs claimed ahead wait for their instant without a `max_concurrent`
+/// permit, so a low cap does not stop a node claiming ahead; at the instant
+/// the cap holds: one run at a time, each starting after the one before it
+/// was recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_claimed_ahead_take_their_permit_at_the_instant() {
+    let store = Arc::new(MemoryStore::new());
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        tasks.push(create(store.as_ref(), "*/10 * * * * *", Policy::default()).await);
+    }
+    let clock = ManualClock::new(t0());
+    let (probe, executor) = Probe::new(Mode::Block);
+    let scheduler = Scheduler::builder(store.clone(), executor)
+        .clock(Arc::new(clock.clone()))
+        .node_id("a")
+        .max_concurrent(1)
+        .claim_ahead(Duration::from_millis(100))
+        .start();
+    let at = t0() + secs(10);
+    clock.set(at - TimeDelta::milliseconds(60));
+    eventually("all three claimed ahead under a cap of one", || async {
+        let mut running = 0;
+        for task in &tasks {
+            running += history(store.as_ref(), task)
+                .await
+                .iter()
+                .filter(|e| e.status == ExecutionStatus::Running)
+                .count();
+        }
+        running == 3
+    })
+    .await;
+    assert!(
+        probe.try_next().is_none(),
+        "nothing runs before its instant"
+    );
+
+    clock.set(at);
+    let mut done = Vec::new();
+    for n in 0..3 {
+        let run = probe.next().await;
+        assert_eq!(
+            run.execution.started_at, at,
+            "run {n} starts at its instant"
+        );
+        for id in &done {
+            let task = tasks.iter().find(|t| t.id == *id).unwrap();
+            assert_eq!(
+                history(store.as_ref(), task).await[0].status,
+                ExecutionStatus::Succeeded,
+                "run {n} started only after the runs before it were recorded (cap 1)"
+            );
+        }
+        done.push(run.task.id);
+        probe.release.notify_one();
+    }
+    scheduler.shutdown(Duration::from_secs(5)).await;
+}
+
 /// Stop, advance an hour, start: the misfire policy decides what runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_after_an_hour_follows_the_misfire_policy() {

@@ -4,8 +4,11 @@
 //! - A task is *tracked* iff it is enabled and its `next_run` (as last seen)
 //!   is within the look-ahead window; a tracked task has exactly one of: a
 //!   timer on the wheel at `next_run + jitter`, or a place in `ready`.
-//! - `ready` holds due work in firing order; it is claimed as permits allow,
-//!   and put back at its front when the store fails.
+//! - Due work stays on the wheel (which orders it) until a batch is formed:
+//!   `ready` holds at most one batch taken off the wheel, in firing order,
+//!   and what a failed claim put back at its front. (Draining everything
+//!   due into a queue would put an occurrence that became due after a
+//!   backlog formed behind that backlog, late by all of it.)
 //! - The due-scan watermark only moves past pages that were read
 //!   successfully.
 
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::affinity::Members;
@@ -208,25 +211,18 @@ impl Engine {
                 self.scan_page(now).await;
             }
             let now = self.shared.clock.now();
-            // Occurrences are claimed `claim_ahead` before their instant.
-            while let Some((_, _, due)) = self.wheel.poll(tick(now + self.claim_ahead())) {
-                if let Due::Task(id) = &due
-                    && let Some(t) = self.tracked.get_mut(id)
-                {
-                    t.key = None;
-                }
-                self.ready.push_back(due);
-            }
             if self.store_ok(now) {
                 self.claim_ready().await;
             }
 
+            let now = self.shared.clock.now();
             let wake = self.wake_time(now);
             if sleep.as_ref().is_none_or(|(at, _)| *at != wake) {
                 sleep = Some((wake, self.shared.clock.sleep_until(wake)));
             }
             let (_, timer) = sleep.as_mut().expect("set above");
-            let blocked = !self.ready.is_empty() && self.shared.permits.available_permits() == 0;
+            // Due work waits for a run to end and free a permit.
+            let blocked = self.shared.permits.available_permits() == 0 && self.has_due(now);
             tokio::select! {
                 biased;
                 cmd = self.commands.recv() => match cmd {
@@ -264,14 +260,14 @@ impl Engine {
     /// before the backoff ends, and a scan in progress runs at once: a
     /// refill or full scan already overdue must not count then, or the loop
     /// spins (it did, at full CPU, for as long as a store stayed away).
+    /// Due work left on the wheel counts only while it can be claimed: with
+    /// the store backed off or every permit taken it waits (for the
+    /// backoff's end, or for `permit_freed`).
     fn wake_time(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let can_claim = self.shared.permits.available_permits() > 0;
         let mut wake = match self.backoff_until {
-            Some(until) if until > now => until,
-            _ if self.scan.is_some()
-                || (!self.ready.is_empty() && self.shared.permits.available_permits() > 0) =>
-            {
-                now
-            }
+            Some(until) if until > now => return until,
+            _ if self.scan.is_some() || (can_claim && !self.ready.is_empty()) => now,
             _ => {
                 let mut next_scan = self.next_refill.min(self.next_full_scan);
                 if self.members.is_split() {
@@ -280,10 +276,37 @@ impl Engine {
                 next_scan
             }
         };
-        if let Some(deadline) = self.wheel.next_deadline() {
+        if can_claim && let Some(deadline) = self.wheel.next_deadline() {
             wake = wake.min(from_tick(deadline) - self.claim_ahead());
         }
         wake.max(now)
+    }
+
+    /// Whether anything is due to be claimed: in `ready`, or on the wheel
+    /// within `claim_ahead`.
+    fn has_due(&self, now: DateTime<Utc>) -> bool {
+        !self.ready.is_empty()
+            || self
+                .wheel
+                .next_deadline()
+                .is_some_and(|d| d <= tick(now + self.claim_ahead()))
+    }
+
+    /// Tops `ready` up to `want` from the wheel: occurrences are claimed
+    /// `claim_ahead` before their instant, earliest first.
+    fn fill_ready(&mut self, now: DateTime<Utc>, want: usize) {
+        let until = tick(now + self.claim_ahead());
+        while self.ready.len() < want {
+            let Some((_, _, due)) = self.wheel.poll(until) else {
+                return;
+            };
+            if let Due::Task(id) = &due
+                && let Some(t) = self.tracked.get_mut(id)
+            {
+                t.key = None;
+            }
+            self.ready.push_back(due);
+        }
     }
 
     fn store_ok(&self, now: DateTime<Utc>) -> bool {
@@ -545,7 +568,14 @@ impl Engine {
         self.retries.insert(id);
     }
 
-    /// Claims due work in batches while permits last.
+    /// Claims due work in batches while permits are free.
+    ///
+    /// A run claimed ahead takes its permit at its instant (see
+    /// `Shared::spawn_run`), so runs waiting for their instant do not count
+    /// against `max_concurrent`; a batch is at most as large as the permits
+    /// free when it is formed, and nothing is claimed while none is, so a
+    /// node whose executor is saturated leaves its work on the wheel (and,
+    /// late by `takeover_after`, to its peers).
     async fn claim_ready(&mut self) {
         let node = self.shared.config.node.clone();
         let grace = delta(self.shared.config.grace);
@@ -553,25 +583,23 @@ impl Engine {
         let takeover_grace = delta(self.shared.config.takeover_after) + OVERDUE_SCAN_EVERY;
         let behind_after = delta(self.shared.config.takeover_after) / 2;
         let mut shadows: Vec<(TaskId, Option<DateTime<Utc>>)> = Vec::new();
-        while !self.ready.is_empty() {
+        loop {
             // Each batch is stamped with the time it is claimed at.
             let now = self.shared.clock.now();
             let lease_until = now + self.shared.lease();
-            let available = self.shared.permits.available_permits();
-            if available == 0 {
-                return;
-            }
-            let n = self
-                .ready
-                .len()
-                .min(available)
+            let want = self
+                .shared
+                .permits
+                .available_permits()
                 .min(self.shared.config.claim_batch);
+            self.fill_ready(now, want);
+            let n = self.ready.len().min(want);
+            if n == 0 {
+                break;
+            }
             let mut claims = Vec::with_capacity(n);
             let mut meta = Vec::with_capacity(n);
-            let batch: Vec<Due> = self.ready.drain(..n).collect();
-            let mut rest = batch.into_iter();
-            let mut leftover = Vec::new();
-            for due in rest.by_ref() {
+            for due in self.ready.drain(..n) {
                 let (claim, task, next) = match &due {
                     Due::Task(id) => {
                         let Some(t) = self.tracked.get(id) else {
@@ -640,25 +668,8 @@ impl Engine {
                         (claim, task.clone(), None)
                     }
                 };
-                let permit = if claim.execution.is_some() {
-                    match self.shared.permits.clone().try_acquire_owned() {
-                        Ok(p) => Some(p),
-                        Err(_) => {
-                            // Cannot happen (we counted), but never drop work.
-                            leftover.push(due);
-                            break;
-                        }
-                    }
-                } else {
-                    None
-                };
                 claims.push(claim);
-                meta.push((due, task, next, permit));
-            }
-            // Anything not turned into a claim goes back, in order.
-            leftover.extend(rest);
-            for due in leftover.into_iter().rev() {
-                self.ready.push_front(due);
+                meta.push((due, task, next));
             }
             super::run::Counters::add(&self.shared.counters.shadowed, shadows.len() as u64);
             for (id, next) in shadows.drain(..) {
@@ -670,8 +681,8 @@ impl Engine {
             match self.shared.store.claim(claims).await {
                 Ok(outcomes) => {
                     self.store_recovered();
-                    for (outcome, (due, task, next, permit)) in outcomes.into_iter().zip(meta) {
-                        self.settle(now, due, task, next, outcome, permit);
+                    for (outcome, (due, task, next)) in outcomes.into_iter().zip(meta) {
+                        self.settle(now, due, task, next, outcome);
                     }
                     // Let the runs just started (and their results) use this
                     // worker too: an in-process store never yields by itself.
@@ -697,9 +708,8 @@ impl Engine {
         task: Arc<Task>,
         next: Option<DateTime<Utc>>,
         outcome: ClaimOutcome,
-        permit: Option<OwnedSemaphorePermit>,
     ) {
-        let lost = self.shared.dispatch(task, outcome, permit);
+        let lost = self.shared.dispatch(task, outcome, None);
         match due {
             Due::Retry { failed, .. } => {
                 self.retries.remove(&failed.id);
@@ -809,7 +819,6 @@ impl Engine {
                 ),
             }
         }
-        self.shared.permits.close();
         let before = self.shared.running_count();
         let finished_in_time = self.shared.wait_idle(Some(until)).await;
         let abandoned = if finished_in_time {

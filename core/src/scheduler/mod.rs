@@ -46,8 +46,13 @@
 //!   instant (without the window: before the claim at the instant);
 //! - a node that dies inside the window leaves its claimed runs to lease
 //!   expiry, like runs it had started: `abandoned`, retried if the policy
-//!   allows;
-//! - claimed runs waiting for their instant count against `max_concurrent`.
+//!   allows.
+//!
+//! A run claimed ahead takes its `max_concurrent` permit at its instant, not
+//! at the claim, so a low cap does not shrink the window; the engine claims
+//! only while permits are free, at most as many per batch as are free, so a
+//! node whose executor is saturated leaves its due work on the wheel (for
+//! its peers to take over once it is `takeover_after` late).
 //!
 //! [`SchedulerBuilder::claim_ahead`] with zero claims at the instant.
 //!
@@ -172,15 +177,17 @@ impl SchedulerBuilder {
         self
     }
 
-    /// Most runs in flight at once (default 1024, at least 1). Due
-    /// occurrences beyond it wait; none is dropped.
+    /// Most runs executing at once (default 1024, at least 1). Due
+    /// occurrences beyond it wait; none is dropped. A run claimed ahead
+    /// (see [`claim_ahead`](Self::claim_ahead)) takes its permit at its
+    /// instant; nothing is claimed while every permit is taken.
     pub fn max_concurrent(mut self, n: usize) -> Self {
         self.config.max_concurrent = n.max(1);
         self
     }
 
     /// Lease of a running execution (default 30 s, at least 1 s); renewed
-    /// every third of it.
+    /// once a third of it has passed (checked every sixth of it).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease.max(Duration::from_secs(1));
         self
