@@ -700,6 +700,9 @@ struct Flaky {
     down: AtomicBool,
     /// Fail only claims (a node that heartbeats but cannot do its work).
     claims_down: AtomicBool,
+    /// Each claim moves this clock on by this much (a store slower than
+    /// the work it is asked to claim).
+    claim_takes: Mutex<Option<(ManualClock, std::time::Duration)>>,
 }
 
 impl Flaky {
@@ -771,6 +774,9 @@ impl Store for Flaky {
                 source: "claims fail".into(),
             });
         }
+        if let Some((clock, takes)) = &*self.claim_takes.lock().unwrap() {
+            clock.advance(*takes);
+        }
         self.inner.claim(claims).await
     }
     async fn renew_lease(
@@ -826,12 +832,38 @@ impl Store for Flaky {
     }
 }
 
+/// A node that cannot keep up (each claim takes longer than the work it
+/// claims, so more is always due) still answers its commands: a turn
+/// claims only what was due when it began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_keep_up_still_answers_a_shutdown() {
+    let clock = ManualClock::new(t0());
+    let flaky = Arc::new(Flaky {
+        inner: MemoryStore::new(),
+        down: AtomicBool::new(false),
+        claims_down: AtomicBool::new(false),
+        claim_takes: Mutex::new(Some((clock.clone(), Duration::from_secs(1)))),
+    });
+    for _ in 0..4 {
+        create(flaky.as_ref(), "* * * * * *", Policy::default()).await;
+    }
+    let (probe, executor) = Probe::new(Mode::Succeed);
+    let scheduler = start(flaky.clone(), &clock, executor, "a");
+    clock.set(t0() + secs(1));
+    probe.next().await;
+    let report = tokio::time::timeout(WAIT, scheduler.shutdown(Duration::from_secs(5)))
+        .await
+        .expect("the shutdown answered");
+    assert_eq!(report.abandoned, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_delays_runs_but_loses_none() {
     let flaky = Arc::new(Flaky {
         inner: MemoryStore::new(),
         down: AtomicBool::new(false),
         claims_down: AtomicBool::new(false),
+        claim_takes: Mutex::new(None),
     });
     let task = create(flaky.as_ref(), "* * * * * *", Policy::default()).await;
     let clock = ManualClock::new(t0());
@@ -976,6 +1008,7 @@ async fn a_silent_node_has_its_tasks_taken_over() {
         inner: store.clone(),
         down: AtomicBool::new(false),
         claims_down: AtomicBool::new(false),
+        claim_takes: Mutex::new(None),
     });
     let clock = ManualClock::new(t0());
     let (_probe_a, exec_a) = Probe::new(Mode::Succeed);

@@ -292,10 +292,9 @@ impl Engine {
                 .is_some_and(|d| d <= tick(now + self.claim_ahead()))
     }
 
-    /// Tops `ready` up to `want` from the wheel: occurrences are claimed
-    /// `claim_ahead` before their instant, earliest first.
-    fn fill_ready(&mut self, now: DateTime<Utc>, want: usize) {
-        let until = tick(now + self.claim_ahead());
+    /// Tops `ready` up to `want` from the wheel with work due by `until`,
+    /// earliest first.
+    fn fill_ready(&mut self, until: u64, want: usize) {
         while self.ready.len() < want {
             let Some((_, _, due)) = self.wheel.poll(until) else {
                 return;
@@ -583,6 +582,10 @@ impl Engine {
         let takeover_grace = delta(self.shared.config.takeover_after) + OVERDUE_SCAN_EVERY;
         let behind_after = delta(self.shared.config.takeover_after) / 2;
         let mut shadows: Vec<(TaskId, Option<DateTime<Utc>>)> = Vec::new();
+        // What is due as of this turn: work that comes due while it is
+        // claimed waits for the next turn, so a node that cannot keep up
+        // still reads its commands and change feed and scans.
+        let until = tick(self.shared.clock.now() + self.claim_ahead());
         loop {
             // Each batch is stamped with the time it is claimed at.
             let now = self.shared.clock.now();
@@ -592,7 +595,7 @@ impl Engine {
                 .permits
                 .available_permits()
                 .min(self.shared.config.claim_batch);
-            self.fill_ready(now, want);
+            self.fill_ready(until, want);
             let n = self.ready.len().min(want);
             if n == 0 {
                 break;
