@@ -53,7 +53,8 @@
 //!   history; the intended instant is `scheduled_for` plus the task's
 //!   jitter. The only engine that takes `--jitter-ms`, `--max-concurrent`,
 //!   `--claim-ahead-ms` (the schedulers' `claim_ahead`; default theirs,
-//!   100 ms) and `redis://`.
+//!   100 ms) and `redis://`. On PostgreSQL each run has a schema of its
+//!   own, dropped after the audit.
 //! - `tokio-cron-scheduler`: one `JobScheduler` per node, each job a cron
 //!   job with a fixed id shared by all nodes. Memory: the nodes share one
 //!   `SimpleMetadataStore` (through a wrapper that serialises access), so
@@ -557,7 +558,11 @@ async fn run(args: Args) -> Result<()> {
         .take_while(|t| *t < end)
         .collect();
     let counts = match started.audit {
-        Audit::Store(history) => history.audit(&due, start, end).await?,
+        Audit::Store(history) => {
+            let counts = history.audit(&due, start, end).await?;
+            history.cleanup().await?;
+            counts
+        }
         Audit::Ledger(ledger) => audit_ledger(&ledger, args.tasks, &due, start, end),
     };
     report(
