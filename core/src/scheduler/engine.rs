@@ -592,7 +592,6 @@ impl Engine {
     async fn claim_ready(&mut self) {
         let node = self.shared.config.node.clone();
         let grace = delta(self.shared.config.grace);
-        let members = self.members.clone();
         let takeover_grace = delta(self.shared.config.takeover_after) + OVERDUE_SCAN_EVERY;
         let mut shadows: Vec<(TaskId, Option<DateTime<Utc>>)> = Vec::new();
         // What is due as of this turn: work that comes due while it is
@@ -600,8 +599,15 @@ impl Engine {
         // still reads its commands and change feed and scans.
         let until = tick(self.shared.clock.now() + self.claim_ahead());
         loop {
-            // Each batch is stamped with the time it is claimed at.
+            // Each batch is stamped with the time it is claimed at, and
+            // split by the membership as of then: a turn can be long (a
+            // start-up catch-up of every task), and one that kept the
+            // membership of its start claimed everything of its peers'
+            // that schedulers started together had not yet heard of
+            // (six times the lost claims on PostgreSQL).
             let now = self.shared.clock.now();
+            self.members = self.shared.members();
+            let members = self.members.clone();
             let lease_until = now + self.shared.lease();
             let want = self
                 .shared
