@@ -386,9 +386,10 @@ impl Engine {
             // Behind means: its last claim turn left work past its instant
             // unclaimed, or it claimed its own work `BEHIND` late within
             // `takeover_after`.
-            // (Half of `takeover_after` late, as it was, let nodes a second
-            // behind take over: on PostgreSQL at 10,000 fires/s that made
-            // six times the lost claims and seconds of lateness.)
+            // (It was: half of `takeover_after` late, or anything in
+            // `ready`, when `ready` held everything due and was seldom
+            // empty under load. With due work left on the wheel, that
+            // would let nodes a second behind take over.)
             let takeover_after = delta(self.shared.config.takeover_after);
             let behind = self.lagging || self.behind_at.is_some_and(|at| now - at < takeover_after);
             if behind {
