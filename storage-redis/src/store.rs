@@ -1504,10 +1504,12 @@ mod tests {
     /// A claim re-sent after its reply was lost is answered as the first
     /// time (started, or skipped with the same record); sent again without
     /// the re-send mark it loses. Needs the single test server
-    /// (`TICKWHEEL_TEST_REDIS_URL`; skipped without it).
+    /// (`TICKWHEEL_TEST_REDIS_URL`; skipped without it, a failure under
+    /// `CI=true`). A unit test, not in `tests/`, because it drives the
+    /// crate-private `claim_call`; so it repeats `tests/common`'s
+    /// `env_or_skip` rather than sharing it.
     #[tokio::test]
     async fn a_resent_claim_is_answered_as_first_applied() {
-        // As tests/common::env_or_skip: skipped by hand, a failure under CI.
         let Ok(url) = std::env::var("TICKWHEEL_TEST_REDIS_URL") else {
             assert_ne!(
                 std::env::var("CI").as_deref(),

@@ -33,6 +33,16 @@ fn manual(task: &tickwheel::Task, at: DateTime<Utc>) -> Claim {
     }
 }
 
+/// A task firing every minute under tenant `tenant`, with `policy`.
+async fn every_minute(store: &RedisStore, tenant: &str, policy: Policy) -> tickwheel::Task {
+    let mut input = NewTask::cron(tenant, "a", "* * * * *");
+    input.policy = Some(policy);
+    store
+        .create_task(input.validate(tenant, Utc::now()).unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn strings_are_stored_verbatim() {
     let Some(store) = single_store(&unique_prefix("verbatim"), 5).await else {
@@ -97,15 +107,11 @@ async fn replaced_runs_name_their_successor_like_chrono() {
     let Some(store) = single_store(&unique_prefix("replace"), 50).await else {
         return;
     };
-    let mut input = NewTask::cron("r", "a", "* * * * *");
-    input.policy = Some(Policy {
+    let policy = Policy {
         overlap: Overlap::Replace,
         ..Policy::default()
-    });
-    let task = store
-        .create_task(input.validate("replace", Utc::now()).unwrap())
-        .await
-        .unwrap();
+    };
+    let task = every_minute(&store, "replace", policy).await;
     let times = [
         "2030-01-01T00:02:00Z",
         "1999-12-31T23:59:59.500Z",
@@ -255,14 +261,7 @@ async fn a_policy_switch_sees_the_runs_already_running() {
     let Some(store) = single_store(&unique_prefix("switch"), 50).await else {
         return;
     };
-    let task = store
-        .create_task(
-            NewTask::cron("s", "a", "* * * * *")
-                .validate("switch", Utc::now())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let task = every_minute(&store, "switch", Policy::default()).await;
     let at = task.next_run.unwrap();
     let ClaimOutcome::Started(first) =
         store.claim(vec![manual(&task, at)]).await.unwrap()[0].clone()
@@ -328,14 +327,7 @@ async fn a_lost_claim_reports_the_task_as_it_is() {
     ) else {
         return;
     };
-    let task = a
-        .create_task(
-            NewTask::cron("l", "a", "* * * * *")
-                .validate("lost", Utc::now())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let task = every_minute(&a, "lost", Policy::default()).await;
     let at = task.next_run.unwrap();
     let claim = Claim {
         task_id: task.id,
@@ -429,14 +421,7 @@ async fn an_occurrence_starts_once_per_attempt() {
     let Some(store) = single_store(&unique_prefix("unique"), 50).await else {
         return;
     };
-    let task = store
-        .create_task(
-            NewTask::cron("u", "a", "* * * * *")
-                .validate("unique", Utc::now())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let task = every_minute(&store, "unique", Policy::default()).await;
     let at = task.next_run.unwrap();
     let earlier = at - Duration::seconds(600);
     start(&store, manual_attempt(&task, at, 1)).await;
@@ -482,15 +467,11 @@ async fn the_trim_keeps_runs_that_are_not_done() {
     let Some(store) = single_store(&unique_prefix("trim"), 3).await else {
         return;
     };
-    let mut input = NewTask::cron("t", "a", "* * * * *");
-    input.policy = Some(Policy {
+    let policy = Policy {
         max_retries: 1,
         ..Policy::default()
-    });
-    let task = store
-        .create_task(input.validate("trim", Utc::now()).unwrap())
-        .await
-        .unwrap();
+    };
+    let task = every_minute(&store, "trim", policy).await;
     let t0 = task.next_run.unwrap();
     let at = |i: i64| t0 + Duration::seconds(60 * i);
     let running = start(&store, manual(&task, at(1))).await;
@@ -525,15 +506,11 @@ async fn a_queued_occurrence_keeps_its_claims_id_and_leases_read_back() {
     let Some(store) = single_store(&unique_prefix("queue"), 50).await else {
         return;
     };
-    let mut input = NewTask::cron("q", "a", "* * * * *");
-    input.policy = Some(Policy {
+    let policy = Policy {
         overlap: Overlap::QueueOne,
         ..Policy::default()
-    });
-    let task = store
-        .create_task(input.validate("queue", Utc::now()).unwrap())
-        .await
-        .unwrap();
+    };
+    let task = every_minute(&store, "queue", policy).await;
     let at = task.next_run.unwrap();
     let first = start(&store, manual(&task, at)).await;
     let later = at + Duration::seconds(60);

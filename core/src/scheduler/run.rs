@@ -436,8 +436,9 @@ impl Shared {
     /// a half and two thirds of it remain. A run claimed less than a third
     /// of a lease ago (most runs, when runs are short; every run waiting for
     /// its instant) costs no store call: renewing every run in flight each
-    /// time sent tens of thousands of renewals at once at 100,000 fires/s
-    /// and held the store up for the claims.
+    /// time sent about ten thousand renewals at once at 100,000 fires/s,
+    /// each taking the memory store's lock, and the claims slowed down
+    /// when they did.
     pub(crate) async fn keep_leases(self: Arc<Self>, stop: CancellationToken) {
         let lease = self.lease();
         let every = lease / 6;
