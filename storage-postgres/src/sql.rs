@@ -84,7 +84,10 @@ impl Sql {
                     last_run = $20, next_run = $21, updated_at = $22, version = $23
                 WHERE id = $1"),
             delete_task: q("DELETE FROM {s}.tasks WHERE id = $1 AND tenant = $2"),
-            delete_executions: q("DELETE FROM {s}.executions WHERE task_id = $1"),
+            delete_executions: q("WITH d AS (
+                    DELETE FROM {s}.executions WHERE task_id = $1 RETURNING id, status)
+                DELETE FROM {s}.leases
+                WHERE execution_id IN (SELECT id FROM d WHERE status = 'running')"),
             due_first: q("SELECT {task_columns} FROM {s}.tasks
                 WHERE enabled AND next_run IS NOT NULL AND next_run <= $1
                 ORDER BY next_run, id LIMIT $2"),
@@ -107,23 +110,39 @@ impl Sql {
             claim_skip_locked: q(&CLAIM
                 .replace("ON CONFLICT DO NOTHING", "")
                 .replace("FOR UPDATE OF t", "FOR UPDATE OF t SKIP LOCKED")),
-            renew: q("UPDATE {s}.executions SET lease_until = $3
-                WHERE id = $1 AND fence = $2 AND status = 'running'"),
+            // Both copies of the lease in one statement; the upsert also
+            // mends a missing `leases` row.
+            renew: q("WITH e AS (
+                    UPDATE {s}.executions SET lease_until = $3
+                    WHERE id = $1 AND fence = $2 AND status = 'running'
+                    RETURNING id, task_id)
+                INSERT INTO {s}.leases (execution_id, task_id, lease_until)
+                    SELECT id, task_id, $3 FROM e
+                ON CONFLICT (execution_id) DO UPDATE SET lease_until = EXCLUDED.lease_until"),
             finish: q(FINISH),
             execution_state: q("SELECT status, fence FROM {s}.executions WHERE id = $1"),
-            expired_tasks: q("SELECT DISTINCT task_id FROM (
-                    SELECT task_id FROM {s}.executions
-                    WHERE status = 'running' AND lease_until < $1
-                    ORDER BY lease_until, id LIMIT $2) x"),
+            // A `leases` row whose execution is no longer running (which
+            // no statement here leaves behind) is deleted, not reported.
+            expired_tasks: q("WITH x AS (
+                    SELECT l.execution_id, l.task_id, e.status
+                    FROM {s}.leases l LEFT JOIN {s}.executions e ON e.id = l.execution_id
+                    WHERE l.lease_until < $1
+                    ORDER BY l.lease_until LIMIT $2),
+                gone AS (
+                    DELETE FROM {s}.leases WHERE execution_id IN (
+                        SELECT execution_id FROM x WHERE status IS DISTINCT FROM 'running'))
+                SELECT DISTINCT task_id FROM x WHERE status = 'running'"),
             lock_tasks_skip_locked: q("SELECT id, tenant, schedule, max_retries, retry_backoff_ms,
                     running, queued_for, queued_attempt, queued_trigger
                 FROM {s}.tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED"),
-            abandon_expired: q("UPDATE {s}.executions e SET status = 'abandoned',
+            abandon_expired: q("WITH a AS (UPDATE {s}.executions e SET status = 'abandoned',
                     fence = e.fence + 1, lease_until = NULL, finished_at = $2,
                     duration_ms = GREATEST(0, floor(extract(epoch FROM $2 - e.started_at) * 1000))::int8,
                     error = 'lease expired: its scheduler stopped renewing it'
                 WHERE e.task_id = ANY($1) AND e.status = 'running' AND e.lease_until < $2
-                RETURNING {execution_columns}"),
+                RETURNING {execution_columns}),
+                gone AS (DELETE FROM {s}.leases WHERE execution_id IN (SELECT id FROM a))
+                SELECT * FROM a"),
             set_retry_at: q("UPDATE {s}.executions e SET retry_at = v.at
                 FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, at) WHERE e.id = v.id"),
             recover_task: q("UPDATE {s}.tasks SET running = $2, status = COALESCE($3, status),
@@ -133,13 +152,16 @@ impl Sql {
                     last_run = CASE WHEN $4 THEN $5 ELSE last_run END,
                     n_executions = n_executions + $6
                 WHERE id = $1"),
-            insert_started: q("INSERT INTO {s}.executions (id, task_id, tenant, scheduled_for,
+            insert_started: q("WITH i AS (INSERT INTO {s}.executions (id, task_id, tenant, scheduled_for,
                     started_at, attempt, status, node, trigger, lease_until, fence)
                 SELECT id, task_id, tenant, scheduled_for, $6, attempt, 'running', $7, trigger,
                     $8, 1
                 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int4[],
                     $9::text[]) AS v(id, task_id, tenant, scheduled_for, attempt, trigger)
-                ON CONFLICT DO NOTHING RETURNING {execution_columns}"),
+                ON CONFLICT DO NOTHING RETURNING {execution_columns}),
+                l AS (INSERT INTO {s}.leases (execution_id, task_id, lease_until)
+                    SELECT id, task_id, lease_until FROM i)
+                SELECT * FROM i"),
             history: q("SELECT {execution_columns} FROM {s}.executions WHERE task_id = $1
                 ORDER BY scheduled_for DESC, attempt DESC LIMIT $2 OFFSET $3"),
             history_by_status: q("SELECT {execution_columns} FROM {s}.executions
@@ -246,6 +268,9 @@ x AS (
     FROM o WHERE o.outcome = 'replaced' AND e.id = ANY(o.live) AND e.status = 'running'
     RETURNING o.i, e.id
 ),
+xl AS (
+    DELETE FROM {s}.leases WHERE execution_id IN (SELECT id FROM x)
+),
 m AS (
     INSERT INTO {s}.executions (id, task_id, tenant, scheduled_for, started_at, finished_at,
         duration_ms, attempt, status, node, trigger, fence)
@@ -270,7 +295,11 @@ ins AS (
         o.fence
     FROM o WHERE o.outcome IN ('started', 'replaced', 'skipped')
     ON CONFLICT DO NOTHING
-    RETURNING task_id, id, status
+    RETURNING task_id, id, status, lease_until
+),
+il AS (
+    INSERT INTO {s}.leases (execution_id, task_id, lease_until)
+    SELECT id, task_id, lease_until FROM ins WHERE status = 'running'
 ),
 added AS (
     SELECT task_id, count(*) AS n,
@@ -370,6 +399,9 @@ f AS (
         AND (SELECT count(*) FROM l) >= 0
     RETURNING f0.i, e.id, e.task_id, e.trigger, f0.status, f0.retry_at
 ),
+fl AS (
+    DELETE FROM {s}.leases WHERE execution_id IN (SELECT id FROM f)
+),
 g AS (
     SELECT f.task_id, array_agg(f.id) AS ids, max(f.i) AS last_i,
         (array_agg(CASE WHEN f.status = 'succeeded' THEN 'completed' ELSE 'failed' END
@@ -395,6 +427,10 @@ q AS (
     FROM take
     ON CONFLICT DO NOTHING
     RETURNING {execution_columns}
+),
+ql AS (
+    INSERT INTO {s}.leases (execution_id, task_id, lease_until)
+    SELECT id, task_id, lease_until FROM q
 ),
 tr AS (
     DELETE FROM {s}.executions e USING (

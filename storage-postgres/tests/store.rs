@@ -540,3 +540,159 @@ async fn bulk_create_is_faithful_and_atomic() {
         "nothing of a failed bulk insert stays"
     );
 }
+
+/// Upgrading a schema from before the `leases` table (migration 3) keeps
+/// every running execution recoverable: its lease moves into the new table
+/// and recovery still finds it once it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_moves_the_leases_of_running_executions() {
+    let Some(url) = common::server_url("an_upgrade_moves_the_leases_of_running_executions") else {
+        return;
+    };
+    // A running execution whose lease runs out at 90, written by this store.
+    let current = pg(&url).await;
+    let t0 = tickwheel::store::conformance::t0();
+    let task = NewTask::cron("upgrade", "agent", "* * * * *")
+        .validate("upgrade", t0)
+        .expect("valid");
+    let task = current.create_task(task).await.expect("create");
+    let ClaimOutcome::Started(running) = current
+        .claim(vec![scheduled(&task, 60, 120, 60, &[])])
+        .await
+        .expect("claim")
+        .remove(0)
+    else {
+        panic!("the claim starts a run");
+    };
+
+    // The same rows in a schema at migration 2, then migrated.
+    let old = common::fresh_schema();
+    let dir = std::env::temp_dir().join(&old);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for file in ["0001_init.sql", "0002_nodes.sql"] {
+        std::fs::copy(migrations.join(file), dir.join(file)).expect("copy a migration");
+    }
+    let before_leases = sqlx::migrate::Migrator::new(dir.as_path())
+        .await
+        .expect("the first two migrations");
+    let pool = current.pool();
+    let mut conn = pool.acquire().await.expect("connection");
+    sqlx::raw_sql(&format!(
+        "CREATE SCHEMA \"{old}\"; SET search_path TO \"{old}\""
+    ))
+    .execute(&mut *conn)
+    .await
+    .expect("old schema");
+    before_leases.run(&mut *conn).await.expect("migrations 1-2");
+    let new = current.schema();
+    sqlx::raw_sql(&format!(
+        "INSERT INTO \"{old}\".tasks SELECT * FROM \"{new}\".tasks;
+         INSERT INTO \"{old}\".executions SELECT * FROM \"{new}\".executions;
+         SET search_path TO DEFAULT"
+    ))
+    .execute(&mut *conn)
+    .await
+    .expect("copy the rows");
+    drop(conn);
+    std::fs::remove_dir_all(&dir).ok();
+
+    let upgraded = PgStore::builder()
+        .schema(old.clone())
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .expect("connect and migrate");
+    let leases: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM \"{old}\".leases WHERE execution_id = $1"
+    ))
+    .bind(running.id.as_uuid())
+    .fetch_one(upgraded.pool())
+    .await
+    .expect("count leases");
+    assert_eq!(leases, 1, "the running execution's lease moved");
+    let before = upgraded
+        .recover_expired(at(89), "n", at(119), 10)
+        .await
+        .expect("recover before expiry");
+    assert!(before.abandoned.is_empty(), "{before:?}");
+    let after = upgraded
+        .recover_expired(at(91), "n", at(121), 10)
+        .await
+        .expect("recover after expiry");
+    let abandoned: Vec<_> = after.abandoned.iter().map(|e| e.id).collect();
+    assert_eq!(abandoned, vec![running.id]);
+    assert_eq!(after.abandoned[0].status, ExecutionStatus::Abandoned);
+}
+
+/// A lease row outlives its execution only by a bug or a hand edit;
+/// recovery deletes such a row instead of reporting its task, and a
+/// finished run leaves no lease behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_follow_running_executions_only() {
+    let Some(url) = common::server_url("leases_follow_running_executions_only") else {
+        return;
+    };
+    let store = pg(&url).await;
+    let schema = store.schema().to_owned();
+    let leases = || async {
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(&format!(
+            "SELECT execution_id FROM \"{schema}\".leases ORDER BY execution_id"
+        ))
+        .fetch_all(store.pool())
+        .await
+        .expect("read leases");
+        ids
+    };
+    let t0 = tickwheel::store::conformance::t0();
+    let task = NewTask::cron("leases", "agent", "* * * * *")
+        .validate("leases", t0)
+        .expect("valid");
+    let task = store.create_task(task).await.expect("create");
+    let ClaimOutcome::Started(e) = store
+        .claim(vec![scheduled(&task, 60, 120, 60, &[])])
+        .await
+        .expect("claim")
+        .remove(0)
+    else {
+        panic!("the claim starts a run");
+    };
+    assert_eq!(leases().await, vec![e.id.as_uuid()]);
+    store
+        .renew_lease(e.id, e.fence, at(150))
+        .await
+        .expect("renew");
+    let until: DateTime<Utc> = sqlx::query_scalar(&format!(
+        "SELECT lease_until FROM \"{schema}\".leases WHERE execution_id = $1"
+    ))
+    .bind(e.id.as_uuid())
+    .fetch_one(store.pool())
+    .await
+    .expect("read the lease");
+    assert_eq!(until, at(150), "a renewal moves the lease row too");
+    store
+        .finish(finish(&e, ExecutionStatus::Succeeded, 65, None))
+        .await
+        .expect("finish");
+    assert!(leases().await.is_empty(), "a finished run keeps no lease");
+
+    let orphan = uuid::Uuid::now_v7();
+    sqlx::query(&format!(
+        "INSERT INTO \"{schema}\".leases (execution_id, task_id, lease_until) VALUES ($1, $2, $3)"
+    ))
+    .bind(orphan)
+    .bind(task.id.as_uuid())
+    .bind(at(1))
+    .execute(store.pool())
+    .await
+    .expect("an orphan lease");
+    let out = store
+        .recover_expired(at(200), "n", at(230), 10)
+        .await
+        .expect("recover");
+    assert!(
+        out.abandoned.is_empty() && out.started.is_empty(),
+        "{out:?}"
+    );
+    assert!(leases().await.is_empty(), "the orphan lease is gone");
+}
