@@ -343,6 +343,11 @@ u AS (
     FROM o LEFT JOIN added a ON a.task_id = o.task_id
     WHERE t.id = o.task_id
     RETURNING t.id
+),
+stale AS (
+    SELECT ARRAY(
+        SELECT d2.task_id FROM d d2 LEFT JOIN ins i2 ON i2.id = d2.exec_id
+        WHERE NOT d2.won OR (d2.exec_id IS NOT NULL AND i2.id IS NULL)) AS ids
 )
 SELECT d.i, d.won, o.outcome, i.status AS inserted,
     ARRAY(SELECT x.id FROM x WHERE x.i = d.i) AS replaced,
@@ -350,9 +355,11 @@ SELECT d.i, d.won, o.outcome, i.status AS inserted,
 FROM d LEFT JOIN o ON o.i = d.i LEFT JOIN ins i ON i.id = d.exec_id
     -- The task as it is now, for the claims that report it (lost ones, and
     -- won ones whose execution key was taken).
-    LEFT JOIN {s}.fresh_tasks(ARRAY(
-        SELECT d2.task_id FROM d d2 LEFT JOIN ins i2 ON i2.id = d2.exec_id
-        WHERE NOT d2.won OR (d2.exec_id IS NOT NULL AND i2.id IS NULL))) cur
+    -- The function is not called at all when there are none (a one-time
+    -- filter): a call took 0.27 ms in a sampled plan, as long as claiming
+    -- five tasks.
+    LEFT JOIN (SELECT f.* FROM {s}.fresh_tasks((SELECT ids FROM stale)) f
+        WHERE cardinality((SELECT ids FROM stale)) > 0) cur
         ON cur.id = d.task_id
 ORDER BY d.i";
 
