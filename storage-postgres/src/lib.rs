@@ -24,7 +24,7 @@
 //! Everything lives in one PostgreSQL schema (default `tickwheel`), created
 //! by the embedded migrations ([`MIGRATOR`], applied by
 //! [`PgStoreBuilder::connect`] and [`PgStoreBuilder::from_pool`] unless
-//! turned off; [`migrate`] applies them by hand). Three tables:
+//! turned off; [`migrate`] applies them by hand). Four tables:
 //!
 //! - `tasks`: every task field in its own column (policy and notification
 //!   flattened), plus the engine state of the task: the ids of its running
@@ -33,9 +33,17 @@
 //!   `(next_run, id) WHERE enabled AND next_run IS NOT NULL`, and
 //!   `(tenant, id)` for listing.
 //! - `executions`: unique `(task_id, scheduled_for, attempt)`, which also
-//!   serves history (newest first is a backward scan) and retention; running
-//!   executions by `(lease_until, id)` for recovery; failed attempts by
-//!   `(retry_at, id)` for retries.
+//!   serves history (newest first is a backward scan) and retention; failed
+//!   attempts by `(retry_at, id)` for retries. No index covers `status` or
+//!   `lease_until`, and pages keep a fifth free (`fillfactor = 80`), so a
+//!   finish rewrites its row in place (a HOT update: no new index entries).
+//! - `leases`: one row per running execution (its id, task and lease
+//!   expiry), inserted with the execution and deleted when it ends, indexed
+//!   by expiry for recovery. `executions.lease_until` stays the
+//!   authoritative copy; a renewal writes both in one statement, and
+//!   recovery deletes a lease row whose execution no longer runs. Migration
+//!   3 moved the leases of running executions here; nodes of a version
+//!   before it do not write this table, so upgrade every node together.
 //! - `nodes`: the schedulers sharing the store and until when each is alive
 //!   (`Store::heartbeat`); a row is deleted a day after it expires.
 //!
