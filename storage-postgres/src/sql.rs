@@ -56,8 +56,14 @@ const TASK_VALUES: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $1
 impl Sql {
     pub(crate) fn new(schema: &str) -> Self {
         let s = format!("\"{schema}\"");
+        let e_columns = EXECUTION_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let q = |text: &str| {
             text.replace("{s}", &s)
+                .replace("{e_execution_columns}", &e_columns)
                 .replace("{task_columns}", TASK_COLUMNS)
                 .replace("{execution_columns}", EXECUTION_COLUMNS)
                 .replace("{task_values}", TASK_VALUES)
@@ -121,13 +127,14 @@ impl Sql {
                 ON CONFLICT (execution_id) DO UPDATE SET lease_until = EXCLUDED.lease_until"),
             finish: q(FINISH),
             execution_state: q("SELECT status, fence FROM {s}.executions WHERE id = $1"),
-            // A `leases` row whose execution is no longer running (which
-            // no statement here leaves behind) is deleted, not reported.
+            // A `leases` row whose execution is no longer running is deleted,
+            // not reported. Such rows are rare: a renewal that re-creates a
+            // missing row can race a finish whose snapshot predates it.
             expired_tasks: q("WITH x AS (
                     SELECT l.execution_id, l.task_id, e.status
                     FROM {s}.leases l LEFT JOIN {s}.executions e ON e.id = l.execution_id
                     WHERE l.lease_until < $1
-                    ORDER BY l.lease_until LIMIT $2),
+                    ORDER BY l.lease_until, l.execution_id LIMIT $2),
                 gone AS (
                     DELETE FROM {s}.leases WHERE execution_id IN (
                         SELECT execution_id FROM x WHERE status IS DISTINCT FROM 'running'))
@@ -139,8 +146,12 @@ impl Sql {
                     fence = e.fence + 1, lease_until = NULL, finished_at = $2,
                     duration_ms = GREATEST(0, floor(extract(epoch FROM $2 - e.started_at) * 1000))::int8,
                     error = 'lease expired: its scheduler stopped renewing it'
-                WHERE e.task_id = ANY($1) AND e.status = 'running' AND e.lease_until < $2
-                RETURNING {execution_columns}),
+                -- Found through `leases` (by expiry), not through the
+                -- task's whole history.
+                FROM {s}.leases l
+                WHERE l.lease_until < $2 AND l.task_id = ANY($1) AND e.id = l.execution_id
+                    AND e.status = 'running' AND e.lease_until < $2
+                RETURNING {e_execution_columns}),
                 gone AS (DELETE FROM {s}.leases WHERE execution_id IN (SELECT id FROM a))
                 SELECT * FROM a"),
             set_retry_at: q("UPDATE {s}.executions e SET retry_at = v.at
@@ -299,7 +310,8 @@ ins AS (
 ),
 il AS (
     INSERT INTO {s}.leases (execution_id, task_id, lease_until)
-    SELECT id, task_id, lease_until FROM ins WHERE status = 'running'
+    SELECT id, task_id, lease_until FROM ins
+    WHERE status = 'running' AND lease_until IS NOT NULL
 ),
 added AS (
     SELECT task_id, count(*) AS n,

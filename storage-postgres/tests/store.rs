@@ -623,6 +623,11 @@ async fn an_upgrade_moves_the_leases_of_running_executions() {
     let abandoned: Vec<_> = after.abandoned.iter().map(|e| e.id).collect();
     assert_eq!(abandoned, vec![running.id]);
     assert_eq!(after.abandoned[0].status, ExecutionStatus::Abandoned);
+    let left: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{old}\".leases"))
+        .fetch_one(upgraded.pool())
+        .await
+        .expect("count leases");
+    assert_eq!(left, 0, "an abandoned run keeps no lease");
 }
 
 /// A lease row outlives its execution only by a bug or a hand edit;
