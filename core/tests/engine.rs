@@ -128,13 +128,8 @@ async fn eventually_as_time_passes<F, Fut>(
     Fut: Future<Output = bool>,
 {
     for _ in 0..nudges {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-        while tokio::time::Instant::now() < deadline {
-            if check().await {
-                return;
-            }
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        if holds_within(Duration::from_millis(500), &mut check).await {
+            return;
         }
         clock.advance(Duration::from_millis(500));
     }
@@ -154,15 +149,26 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    assert!(
+        holds_within(WAIT, &mut check).await,
+        "timed out waiting for: {what}"
+    );
+}
+
+/// Whether `check` holds within `limit` (real time), re-checked every 2 ms.
+async fn holds_within<F, Fut>(limit: Duration, check: &mut F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if check().await {
-            return;
+            return true;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

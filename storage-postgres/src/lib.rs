@@ -38,7 +38,7 @@
 //!   `lease_until`, and new pages keep a fifth free (`fillfactor = 80`), so
 //!   a finish can be a HOT update (its new version on the same page, no new
 //!   index entries) when its page still has room: 40% of the finishes of a
-//!   12 s `storebench` run, none before.
+//!   12 s `storebench` run (before, the lease index ruled it out for all).
 //! - `leases`: one row per running execution (its id, task and lease
 //!   expiry), inserted with the execution and deleted when it ends, indexed
 //!   by expiry for recovery. `executions.lease_until` stays the

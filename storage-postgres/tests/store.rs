@@ -61,6 +61,33 @@ fn manual(task: &Task, now: i64) -> Claim {
     }
 }
 
+/// A task of `tenant` firing every minute (first at `at(60)`), created in `store`.
+async fn every_minute(store: &PgStore, tenant: &str) -> Task {
+    let task = NewTask::cron(tenant, "agent", "* * * * *")
+        .validate(tenant, tickwheel::store::conformance::t0())
+        .expect("valid");
+    store.create_task(task).await.expect("create")
+}
+
+/// The run a claim started.
+fn started(outcome: ClaimOutcome) -> Execution {
+    match outcome {
+        ClaimOutcome::Started(e) => e,
+        other => panic!("expected Started, got {other:?}"),
+    }
+}
+
+/// The store's `leases` rows (execution, expiry), by execution id.
+async fn leases_of(store: &PgStore) -> Vec<(uuid::Uuid, DateTime<Utc>)> {
+    sqlx::query_as(&format!(
+        "SELECT execution_id, lease_until FROM \"{}\".leases ORDER BY execution_id",
+        store.schema()
+    ))
+    .fetch_all(store.pool())
+    .await
+    .expect("read leases")
+}
+
 fn finish(e: &Execution, status: ExecutionStatus, now: i64, retry: Option<i64>) -> Finish {
     Finish {
         id: e.id,
@@ -420,15 +447,7 @@ async fn a_policy_change_keeps_overlap_exact() {
         return;
     };
     let store = pg(&url).await;
-    let t0 = tickwheel::store::conformance::t0();
-    let task = NewTask::cron("switch", "agent", "* * * * *")
-        .validate("switch", t0)
-        .expect("valid");
-    let task = store.create_task(task).await.expect("create");
-    let started = |o: ClaimOutcome| match o {
-        ClaimOutcome::Started(e) => e,
-        other => panic!("expected Started, got {other:?}"),
-    };
+    let task = every_minute(&store, "switch").await;
     let a = started(
         store
             .claim(vec![scheduled(&task, 60, 120, 60, &[])])
@@ -551,19 +570,14 @@ async fn an_upgrade_moves_the_leases_of_running_executions() {
     };
     // A running execution whose lease runs out at 90, written by this store.
     let current = pg(&url).await;
-    let t0 = tickwheel::store::conformance::t0();
-    let task = NewTask::cron("upgrade", "agent", "* * * * *")
-        .validate("upgrade", t0)
-        .expect("valid");
-    let task = current.create_task(task).await.expect("create");
-    let ClaimOutcome::Started(running) = current
-        .claim(vec![scheduled(&task, 60, 120, 60, &[])])
-        .await
-        .expect("claim")
-        .remove(0)
-    else {
-        panic!("the claim starts a run");
-    };
+    let task = every_minute(&current, "upgrade").await;
+    let running = started(
+        current
+            .claim(vec![scheduled(&task, 60, 120, 60, &[])])
+            .await
+            .expect("claim")
+            .remove(0),
+    );
 
     // The same rows in a schema at migration 2, then migrated.
     let old = common::fresh_schema();
@@ -603,14 +617,12 @@ async fn an_upgrade_moves_the_leases_of_running_executions() {
         .connect(&url)
         .await
         .expect("connect and migrate");
-    let leases: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM \"{old}\".leases WHERE execution_id = $1"
-    ))
-    .bind(running.id.as_uuid())
-    .fetch_one(upgraded.pool())
-    .await
-    .expect("count leases");
-    assert_eq!(leases, 1, "the running execution's lease moved");
+    let leases = leases_of(&upgraded).await;
+    let moved = leases
+        .iter()
+        .filter(|(id, _)| *id == running.id.as_uuid())
+        .count();
+    assert_eq!(moved, 1, "the running execution's lease moved");
     let before = upgraded
         .recover_expired(at(89), "n", at(119), 10)
         .await
@@ -623,10 +635,7 @@ async fn an_upgrade_moves_the_leases_of_running_executions() {
     let abandoned: Vec<_> = after.abandoned.iter().map(|e| e.id).collect();
     assert_eq!(abandoned, vec![running.id]);
     assert_eq!(after.abandoned[0].status, ExecutionStatus::Abandoned);
-    let left: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{old}\".leases"))
-        .fetch_one(upgraded.pool())
-        .await
-        .expect("count leases");
+    let left = leases_of(&upgraded).await.len();
     assert_eq!(left, 0, "an abandoned run keeps no lease");
 }
 
@@ -641,40 +650,32 @@ async fn leases_follow_running_executions_only() {
     let store = pg(&url).await;
     let schema = store.schema().to_owned();
     let leases = || async {
-        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(&format!(
-            "SELECT execution_id FROM \"{schema}\".leases ORDER BY execution_id"
-        ))
-        .fetch_all(store.pool())
-        .await
-        .expect("read leases");
+        let ids: Vec<uuid::Uuid> = leases_of(&store)
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         ids
     };
-    let t0 = tickwheel::store::conformance::t0();
-    let task = NewTask::cron("leases", "agent", "* * * * *")
-        .validate("leases", t0)
-        .expect("valid");
-    let task = store.create_task(task).await.expect("create");
-    let ClaimOutcome::Started(e) = store
-        .claim(vec![scheduled(&task, 60, 120, 60, &[])])
-        .await
-        .expect("claim")
-        .remove(0)
-    else {
-        panic!("the claim starts a run");
-    };
+    let task = every_minute(&store, "leases").await;
+    let e = started(
+        store
+            .claim(vec![scheduled(&task, 60, 120, 60, &[])])
+            .await
+            .expect("claim")
+            .remove(0),
+    );
     assert_eq!(leases().await, vec![e.id.as_uuid()]);
     store
         .renew_lease(e.id, e.fence, at(150))
         .await
         .expect("renew");
-    let until: DateTime<Utc> = sqlx::query_scalar(&format!(
-        "SELECT lease_until FROM \"{schema}\".leases WHERE execution_id = $1"
-    ))
-    .bind(e.id.as_uuid())
-    .fetch_one(store.pool())
-    .await
-    .expect("read the lease");
-    assert_eq!(until, at(150), "a renewal moves the lease row too");
+    let until = leases_of(&store).await;
+    assert_eq!(
+        until,
+        vec![(e.id.as_uuid(), at(150))],
+        "a renewal moves the lease row too"
+    );
     store
         .finish(finish(&e, ExecutionStatus::Succeeded, 65, None))
         .await
