@@ -7,7 +7,9 @@
 //! - running executions by `(lease_until, id)` (recovery), failed attempts by
 //!   `(retry_at, id)` (retries), and the id → task map of those two kinds;
 //! - each task's executions by `(scheduled_for, attempt)`, which is also the
-//!   uniqueness key, trimmed to the retention limit as new ones arrive.
+//!   uniqueness key, trimmed to the retention limit as new ones arrive: slots
+//!   in order, the records themselves in a slab of compact records
+//!   (`history.rs`, which says why).
 //!
 //! Tasks are kept packed ([`Row`]: the claim's fields plain, the text in one
 //! allocation), and a task's run state is allocated at its first execution,
@@ -16,13 +18,14 @@
 //! Nothing survives the process: use the PostgreSQL or Redis store to share
 //! tasks between processes or keep them across restarts.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
+use super::history::{Hist, History, Slot};
 use super::row::Row;
 use super::{
     Change, ChangeFeed, Claim, ClaimKind, ClaimOutcome, DEFAULT_RETENTION, ExecutionPage,
@@ -33,9 +36,6 @@ use crate::model::{
     Execution, ExecutionId, ExecutionStatus, IdMap, MAX_ERROR_BYTES, MAX_OUTPUT_BYTES, Overlap,
     Task, TaskId, TaskPatch, TaskStatus, Trigger, truncate,
 };
-
-/// Key of an execution within its task: the uniqueness triple minus the task.
-type ExecKey = (DateTime<Utc>, u32);
 
 /// An in-process store. Cheap to clone (clones share the data).
 ///
@@ -70,7 +70,9 @@ struct Inner {
     leases: BTreeSet<(DateTime<Utc>, ExecutionId)>,
     retries: BTreeSet<(DateTime<Utc>, ExecutionId)>,
     /// Running executions and failed ones awaiting a retry.
-    live: IdMap<ExecutionId, (TaskId, ExecKey)>,
+    live: IdMap<ExecutionId, (TaskId, Slot)>,
+    /// Every task's execution records.
+    history: History,
     retention: usize,
     /// Scheduler membership: node name to the end of its heartbeat.
     members: HashMap<String, DateTime<Utc>>,
@@ -86,10 +88,10 @@ struct TaskRec {
 /// A task's executions and overlap state.
 #[derive(Debug, Default)]
 struct RunState {
-    /// Boxed: many tasks firing in lockstep split their maps' nodes in the
-    /// same second, and nodes holding whole executions made that a burst of
-    /// hundreds of MB; with boxes a node is a few hundred bytes.
-    executions: BTreeMap<ExecKey, Box<Execution>>,
+    /// Slots of the task's records in [`History`], ordered by `(scheduled_for,
+    /// attempt)`: 4 bytes an execution. New runs come last, so inserting is
+    /// almost always a push.
+    executions: VecDeque<Slot>,
     running: Vec<ExecutionId>,
     /// The occurrence waiting for the running one (`overlap: queue_one`).
     queued: Option<Queued>,
@@ -97,7 +99,7 @@ struct RunState {
 
 /// The run state of a task that never ran.
 static NO_RUNS: RunState = RunState {
-    executions: BTreeMap::new(),
+    executions: VecDeque::new(),
     running: Vec::new(),
     queued: None,
 };
@@ -116,14 +118,6 @@ impl TaskRec {
 
     fn runs_mut(&mut self) -> &mut RunState {
         self.run.get_or_insert_with(Box::default)
-    }
-
-    fn execution_mut(&mut self, key: &ExecKey) -> Option<&mut Execution> {
-        self.run
-            .as_deref_mut()?
-            .executions
-            .get_mut(key)
-            .map(|e| &mut **e)
     }
 }
 
@@ -158,6 +152,7 @@ impl MemoryStore {
                 leases: BTreeSet::new(),
                 retries: BTreeSet::new(),
                 live: IdMap::default(),
+                history: History::default(),
                 retention: retention.max(1),
                 members: HashMap::new(),
             })),
@@ -199,25 +194,44 @@ impl Inner {
     }
 
     /// Inserts a new execution of `task_id`; `false` if its key is taken.
-    fn insert_execution(&mut self, task_id: TaskId, e: Execution) -> bool {
+    fn insert_execution(&mut self, task_id: TaskId, e: &Execution) -> bool {
         let key = (e.scheduled_for, e.attempt);
         let Some(rec) = self.tasks.get_mut(&task_id) else {
             return false;
         };
         let runs = rec.runs_mut();
-        if runs.executions.contains_key(&key) {
-            return false;
-        }
+        let history = &mut self.history;
+        let at = match runs.executions.back() {
+            Some(&last) if history.get(last).key() < key => runs.executions.len(),
+            None => 0,
+            Some(_) => match runs
+                .executions
+                .binary_search_by(|&s| history.get(s).key().cmp(&key))
+            {
+                Ok(_) => return false,
+                Err(at) => at,
+            },
+        };
+        let slot = history.insert(e);
+        runs.executions.insert(at, slot);
         if e.status == ExecutionStatus::Running {
             runs.running.push(e.id);
             if let Some(until) = e.lease_until {
                 self.leases.insert((until, e.id));
             }
-            self.live.insert(e.id, (task_id, key));
+            self.live.insert(e.id, (task_id, slot));
         }
-        runs.executions.insert(key, Box::new(e));
         self.trim(task_id);
         true
+    }
+
+    /// The record in `slot`.
+    fn record(&self, slot: Slot) -> &Hist {
+        self.history.get(slot)
+    }
+
+    fn record_mut(&mut self, slot: Slot) -> &mut Hist {
+        self.history.get_mut(slot)
     }
 
     /// Drops the oldest finished executions beyond the retention limit.
@@ -233,17 +247,17 @@ impl Inner {
         if runs.executions.len() <= retention {
             return;
         }
-        let excess = runs.executions.len() - retention;
-        let doomed: Vec<ExecKey> = runs
-            .executions
-            .iter()
-            .filter(|(_, e)| e.status.is_final() && e.retry_at.is_none())
-            .take(excess)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in doomed {
-            runs.executions.remove(&key);
-        }
+        let mut excess = runs.executions.len() - retention;
+        let history = &mut self.history;
+        runs.executions.retain(|&slot| {
+            let e = history.get(slot);
+            let doomed = excess > 0 && e.status.is_final() && e.retry_at.is_none();
+            if doomed {
+                excess -= 1;
+                history.remove(slot);
+            }
+            !doomed
+        });
     }
 
     /// Ends a running execution of `task_id` (status, fence bump) and
@@ -251,13 +265,13 @@ impl Inner {
     fn end_running(
         &mut self,
         task_id: TaskId,
-        key: ExecKey,
+        slot: Slot,
         status: ExecutionStatus,
         finished_at: DateTime<Utc>,
         error: Option<String>,
     ) -> Option<Trigger> {
         let runs = self.tasks.get_mut(&task_id)?.run.as_deref_mut()?;
-        let e = runs.executions.get_mut(&key)?;
+        let e = self.history.get_mut(slot);
         debug_assert_eq!(
             e.status,
             ExecutionStatus::Running,
@@ -270,8 +284,7 @@ impl Inner {
         e.status = status;
         e.fence += 1;
         e.finished_at = Some(finished_at);
-        e.duration_ms = Some(duration_ms(e.started_at, finished_at));
-        e.error = error;
+        e.set_error(error);
         let (id, trigger) = (e.id, e.trigger);
         runs.running.retain(|r| *r != id);
         self.live.remove(&id);
@@ -279,16 +292,12 @@ impl Inner {
     }
 
     /// Sets a finished execution to await a retry at `retry_at`.
-    fn await_retry(&mut self, task_id: TaskId, key: ExecKey, retry_at: DateTime<Utc>) {
-        if let Some(e) = self
-            .tasks
-            .get_mut(&task_id)
-            .and_then(|r| r.execution_mut(&key))
-        {
-            e.retry_at = Some(retry_at);
-            self.retries.insert((retry_at, e.id));
-            self.live.insert(e.id, (task_id, key));
-        }
+    fn await_retry(&mut self, task_id: TaskId, slot: Slot, retry_at: DateTime<Utc>) {
+        let e = self.history.get_mut(slot);
+        e.retry_at = Some(retry_at);
+        let id = e.id;
+        self.retries.insert((retry_at, id));
+        self.live.insert(id, (task_id, slot));
     }
 
     /// A one-time task whose scheduled run ended (`status`) without a retry
@@ -337,7 +346,7 @@ impl Inner {
             lease_until,
         );
         rec.row.last_run = Some(now);
-        self.insert_execution(task_id, e.clone()).then_some(e)
+        self.insert_execution(task_id, &e).then_some(e)
     }
 
     fn claim_one(&mut self, claim: Claim) -> ClaimOutcome {
@@ -391,32 +400,23 @@ impl Inner {
                 if let Some(rec) = self.tasks.get_mut(&task_id) {
                     rec.row.next_run = new_next_run;
                 }
-                for m in missed {
+                for m in &missed {
                     self.insert_execution(task_id, m);
                 }
             }
             ClaimKind::Retry { failed } => {
                 let awaiting = match self.live.get(&failed) {
-                    Some(&(owner, key)) if owner == task_id => rec
-                        .runs()
-                        .executions
-                        .get(&key)
-                        .and_then(|e| e.retry_at)
-                        .map(|at| (at, key)),
+                    Some(&(owner, slot)) if owner == task_id => {
+                        self.record(slot).retry_at.map(|at| (at, slot))
+                    }
                     _ => None,
                 };
-                let Some((retry_at, key)) = awaiting else {
+                let Some((retry_at, slot)) = awaiting else {
                     return self.lost(task_id);
                 };
                 self.retries.remove(&(retry_at, failed));
                 self.live.remove(&failed);
-                if let Some(e) = self
-                    .tasks
-                    .get_mut(&task_id)
-                    .and_then(|r| r.execution_mut(&key))
-                {
-                    e.retry_at = None;
-                }
+                self.record_mut(slot).retry_at = None;
             }
             ClaimKind::Manual => {}
         }
@@ -452,7 +452,7 @@ impl Inner {
                     skipped.finished_at = Some(now);
                     skipped.duration_ms = Some(0);
                     skipped.error = Some("the previous run was still running".to_owned());
-                    return if self.insert_execution(task_id, skipped.clone()) {
+                    return if self.insert_execution(task_id, &skipped) {
                         ClaimOutcome::Skipped(skipped)
                     } else {
                         self.lost(task_id)
@@ -462,11 +462,11 @@ impl Inner {
                     let running: Vec<ExecutionId> = rec.runs().running.clone();
                     let at = execution.scheduled_for;
                     for id in running {
-                        if let Some(&(_, key)) = self.live.get(&id) {
+                        if let Some(&(_, slot)) = self.live.get(&id) {
                             let why = format!("replaced by the run for {}", at.to_rfc3339());
                             self.end_running(
                                 task_id,
-                                key,
+                                slot,
                                 ExecutionStatus::Abandoned,
                                 now,
                                 Some(why),
@@ -477,7 +477,7 @@ impl Inner {
                 }
             }
         }
-        if !self.insert_execution(task_id, execution.clone()) {
+        if !self.insert_execution(task_id, &execution) {
             return self.lost(task_id);
         }
         if let Some(rec) = self.tasks.get_mut(&task_id) {
@@ -498,10 +498,6 @@ impl Inner {
             current: self.tasks.get(&task_id).map(|r| Box::new(r.row.task())),
         }
     }
-}
-
-fn duration_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
-    u64::try_from((to - from).num_milliseconds()).unwrap_or(0)
 }
 
 #[async_trait]
@@ -601,15 +597,18 @@ impl Store for MemoryStore {
                 inner.by_tenant.remove(tenant);
             }
         }
-        for e in rec.runs().executions.values() {
-            if inner.live.remove(&e.id).is_some() {
-                if let Some(until) = e.lease_until {
-                    inner.leases.remove(&(until, e.id));
+        for &slot in &rec.runs().executions {
+            let e = inner.record(slot);
+            let (id, lease_until, retry_at) = (e.id, e.lease_until, e.retry_at);
+            if inner.live.remove(&id).is_some() {
+                if let Some(until) = lease_until {
+                    inner.leases.remove(&(until, id));
                 }
-                if let Some(at) = e.retry_at {
-                    inner.retries.remove(&(at, e.id));
+                if let Some(at) = retry_at {
+                    inner.retries.remove(&(at, id));
                 }
             }
+            inner.history.remove(slot);
         }
         drop(inner);
         self.notify(Change::Deleted { task_id: id });
@@ -652,14 +651,9 @@ impl Store for MemoryStore {
             .take_while(|(at, _)| *at <= horizon)
             .take(limit)
             .filter_map(|(_, id)| {
-                let (task_id, key) = inner.live.get(id)?;
-                inner
-                    .tasks
-                    .get(task_id)?
-                    .runs()
-                    .executions
-                    .get(key)
-                    .map(|e| (**e).clone())
+                let &(task_id, slot) = inner.live.get(id)?;
+                let tenant = inner.tasks.get(&task_id)?.row.tenant();
+                Some(inner.history.execution(slot, task_id, tenant))
             })
             .collect())
     }
@@ -676,20 +670,12 @@ impl Store for MemoryStore {
         until: DateTime<Utc>,
     ) -> Result<(), Error> {
         let mut inner = self.lock();
-        let Some(&(task_id, key)) = inner.live.get(&id) else {
+        let Some(&(_, slot)) = inner.live.get(&id) else {
             return Err(Error::conflict(format!(
                 "execution {id} is no longer running"
             )));
         };
-        let Some(e) = inner
-            .tasks
-            .get_mut(&task_id)
-            .and_then(|r| r.execution_mut(&key))
-        else {
-            return Err(Error::conflict(format!(
-                "execution {id} is no longer running"
-            )));
-        };
+        let e = inner.record_mut(slot);
         if e.status != ExecutionStatus::Running || e.fence != fence {
             return Err(Error::conflict(format!("execution {id} was taken over")));
         }
@@ -703,18 +689,15 @@ impl Store for MemoryStore {
 
     async fn finish(&self, f: Finish) -> Result<FinishOutcome, Error> {
         let mut inner = self.lock();
-        let Some(&(task_id, key)) = inner.live.get(&f.id) else {
+        let Some(&(task_id, slot)) = inner.live.get(&f.id) else {
             return Err(Error::conflict(format!(
                 "execution {} is no longer running",
                 f.id
             )));
         };
-        let e = inner
-            .tasks
-            .get(&task_id)
-            .and_then(|r| r.runs().executions.get(&key));
+        let e = inner.record(slot);
         match e {
-            Some(e) if e.status == ExecutionStatus::Running && e.fence == f.fence => {}
+            e if e.status == ExecutionStatus::Running && e.fence == f.fence => {}
             _ => {
                 return Err(Error::conflict(format!(
                     "execution {} was taken over",
@@ -729,30 +712,21 @@ impl Store for MemoryStore {
             ));
         }
         let error = f.error.map(|s| truncate(s, MAX_ERROR_BYTES));
-        if let Some(at) = f.started_at
-            && let Some(e) = inner
-                .tasks
-                .get_mut(&task_id)
-                .and_then(|r| r.execution_mut(&key))
-        {
-            e.started_at = at;
+        if let Some(at) = f.started_at {
+            inner.record_mut(slot).started_at = at;
         }
         let trigger = inner
-            .end_running(task_id, key, f.status, f.finished_at, error)
+            .end_running(task_id, slot, f.status, f.finished_at, error)
             .expect("checked above");
-        if let Some(e) = inner
-            .tasks
-            .get_mut(&task_id)
-            .and_then(|r| r.execution_mut(&key))
-        {
-            e.output = f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES));
-        }
+        inner
+            .record_mut(slot)
+            .set_output(f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES)));
         let mut retrying = false;
         if let Some(at) = f
             .retry_at
             .filter(|_| f.status != ExecutionStatus::Succeeded)
         {
-            inner.await_retry(task_id, key, at);
+            inner.await_retry(task_id, slot, at);
             retrying = true;
         }
         inner.settle_one_time(task_id, f.status, trigger, retrying);
@@ -778,20 +752,21 @@ impl Store for MemoryStore {
             .collect();
         let mut out = Recovered::default();
         for id in expired {
-            let Some(&(task_id, key)) = inner.live.get(&id) else {
+            let Some(&(task_id, slot)) = inner.live.get(&id) else {
                 continue;
             };
             let why = Some("lease expired: its scheduler stopped renewing it".to_owned());
             let Some(trigger) =
-                inner.end_running(task_id, key, ExecutionStatus::Abandoned, now, why)
+                inner.end_running(task_id, slot, ExecutionStatus::Abandoned, now, why)
             else {
                 continue;
             };
-            let mut e = (*inner.tasks[&task_id].runs().executions[&key]).clone();
-            let policy = inner.tasks[&task_id].row.policy;
+            let row = &inner.tasks[&task_id].row;
+            let policy = row.policy;
+            let mut e = inner.history.execution(slot, task_id, row.tenant());
             if e.attempt <= policy.max_retries {
                 let at = now + policy.backoff(e.attempt);
-                inner.await_retry(task_id, key, at);
+                inner.await_retry(task_id, slot, at);
                 e.retry_at = Some(at);
             }
             inner.settle_one_time(task_id, e.status, trigger, e.retry_at.is_some());
@@ -814,15 +789,15 @@ impl Store for MemoryStore {
         let matching = || {
             rec.runs()
                 .executions
-                .values()
+                .iter()
                 .rev()
-                .filter(|e| query.status.is_none_or(|s| e.status == s))
+                .filter(|&&slot| query.status.is_none_or(|s| inner.record(slot).status == s))
         };
         Ok(ExecutionPage {
             executions: matching()
                 .skip(query.offset)
                 .take(query.limit)
-                .map(|e| (**e).clone())
+                .map(|&slot| inner.history.execution(slot, task_id, rec.row.tenant()))
                 .collect(),
             total: matching().count(),
         })

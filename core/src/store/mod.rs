@@ -24,6 +24,7 @@
 //! bookkeeping (`next_run`, `last_run`, the status of a finished one-time
 //! task) does not bump it, so optimistic updates of busy tasks still succeed.
 
+mod history;
 mod memory;
 mod row;
 
