@@ -536,12 +536,13 @@ async fn run(args: Args) -> Result<()> {
     tokio::time::sleep((start - Utc::now()).to_std().unwrap_or_default()).await;
     let (rss_loaded, _) = rss_mb();
     println!(
-        "setup: {} {} jobs created and {} node(s) started in {create_s:.2} s ({:.0}/s); rss {rss_loaded:.0} MiB ({:.0} bytes per job over the {rss_before:.0} MiB baseline)",
+        "setup: {} {} jobs created and {} node(s) started in {create_s:.2} s ({:.0}/s); rss {rss_loaded:.0} MiB ({:.0} bytes per job over the {rss_before:.0} MiB baseline); window from {}",
         args.tasks,
         args.engine.name(),
         args.nodes,
         args.tasks as f64 / create_s,
         (rss_loaded - rss_before) * 1024.0 * 1024.0 / args.tasks as f64,
+        start.to_rfc3339(),
     );
     let cpu_start = cpu_s();
     tokio::time::sleep((end - Utc::now()).to_std().unwrap_or_default()).await;

@@ -92,6 +92,9 @@ struct RunState {
     /// attempt)`: 4 bytes an execution. New runs come last, so inserting is
     /// almost always a push.
     executions: VecDeque<Slot>,
+    /// At least the key of the newest record (not lowered when that record
+    /// is trimmed): a key above it goes last without reading any record.
+    newest: Option<(DateTime<Utc>, u32)>,
     running: Vec<ExecutionId>,
     /// The occurrence waiting for the running one (`overlap: queue_one`).
     queued: Option<Queued>,
@@ -100,6 +103,7 @@ struct RunState {
 /// The run state of a task that never ran.
 static NO_RUNS: RunState = RunState {
     executions: VecDeque::new(),
+    newest: None,
     running: Vec::new(),
     queued: None,
 };
@@ -201,17 +205,18 @@ impl Inner {
         };
         let runs = rec.runs_mut();
         let history = &mut self.history;
-        let at = match runs.executions.back() {
-            Some(&last) if history.get(last).key() < key => runs.executions.len(),
-            None => 0,
-            Some(_) => match runs
+        let at = if runs.newest.is_none_or(|newest| newest < key) {
+            runs.executions.len()
+        } else {
+            match runs
                 .executions
                 .binary_search_by(|&s| history.get(s).key().cmp(&key))
             {
                 Ok(_) => return false,
                 Err(at) => at,
-            },
+            }
         };
+        runs.newest = runs.newest.max(Some(key));
         let slot = history.insert(e);
         runs.executions.insert(at, slot);
         if e.status == ExecutionStatus::Running {
@@ -828,5 +833,71 @@ impl Store for MemoryStore {
     async fn leave(&self, node: &str) -> Result<(), Error> {
         self.lock().members.remove(node);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NewTask;
+
+    /// Records arriving out of order (a retry of an older occurrence, a
+    /// late catch-up) go to their place, and a taken key is refused.
+    #[tokio::test]
+    async fn history_stays_ordered_and_unique_whatever_the_arrival_order() {
+        let t0 = DateTime::from_timestamp(1_893_456_000, 0).unwrap();
+        let store = MemoryStore::new();
+        let task = store
+            .create_task(
+                NewTask::cron("n", "a", "* * * * *")
+                    .validate("t", t0)
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let at = |minutes: i64, attempt: u32| {
+            let mut e = Execution::start(
+                &task,
+                t0 + chrono::Duration::minutes(minutes),
+                attempt,
+                Trigger::Schedule,
+                "node",
+                t0,
+                t0,
+            );
+            e.status = ExecutionStatus::Succeeded;
+            e.lease_until = None;
+            e.finished_at = Some(t0);
+            e
+        };
+        {
+            let mut inner = store.lock();
+            for (minutes, attempt) in [(2, 1), (1, 2), (3, 1), (1, 1), (2, 2)] {
+                assert!(inner.insert_execution(task.id, &at(minutes, attempt)));
+            }
+            assert!(!inner.insert_execution(task.id, &at(1, 2)), "a taken key");
+            assert!(
+                !inner.insert_execution(task.id, &at(3, 1)),
+                "the newest key"
+            );
+        }
+        let page = store
+            .executions(
+                "t",
+                task.id,
+                ExecutionQuery {
+                    limit: 10,
+                    offset: 0,
+                    status: None,
+                },
+            )
+            .await
+            .unwrap();
+        let keys: Vec<(i64, u32)> = page
+            .executions
+            .iter()
+            .map(|e| ((e.scheduled_for - t0).num_minutes(), e.attempt))
+            .collect();
+        assert_eq!(keys, [(3, 1), (2, 2), (2, 1), (1, 2), (1, 1)]);
     }
 }
