@@ -39,6 +39,13 @@ use crate::model::{
 
 /// An in-process store. Cheap to clone (clones share the data).
 ///
+/// Execution history costs about 100 bytes a record plus its error and
+/// output text. Once a store holds more than 8,192 records it starts one
+/// thread, `tickwheel-history`, that prepares the memory for the next
+/// records off the claim path; it ends when the store is dropped. Memory
+/// freed by retention or by deleting tasks is reused for new records, not
+/// returned to the allocator.
+///
 /// # Examples
 ///
 /// ```
