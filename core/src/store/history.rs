@@ -3,25 +3,26 @@
 //!
 //! At 100,000 fires a second the history is the one part of the store that
 //! only grows (until the retention limit): 100,000 new records a second. As
-//! boxed [`Execution`]s (a tenant and a node string each) that was about
-//! 285 bytes a record, about 30 MB of fresh memory a second, and profiles of
-//! the slow claim batches showed half their time in the kernel, zeroing the
-//! pages those records were first written to, under the store's lock.
+//! boxed [`Execution`]s (a tenant and a node string each, in a per-task
+//! B-tree) the process grew by about 30 MB a second (peak RSS), roughly 300
+//! bytes a record, and profiles of the slow claim batches showed half their
+//! samples in the kernel, zeroing the pages those records were first
+//! written to, under the store's lock (`benches/README.md`).
 //!
 //! So the history is kept differently:
-//! - a record ([`Hist`]) holds what an execution does not share with its
-//!   task: no task id, no tenant (both come from the task), the node as an
-//!   index into a table of names, error and output behind one pointer that is
-//!   absent for most runs, and no `duration_ms` (it is derived). About 100
-//!   bytes, with no allocation of its own;
+//! - a record ([`Hist`], 104 bytes) holds what an execution does not share
+//!   with its task: no task id, no tenant (both come from the task), the
+//!   node as an index into a table of names, error and output behind one
+//!   pointer (allocated only when either is present), and no `duration_ms`
+//!   (it is derived);
 //! - records live in fixed chunks of [`CHUNK`] slots, found by index, and the
 //!   slots of trimmed or deleted records are reused;
 //! - once the first chunk is full, a background thread (`tickwheel-history`)
 //!   allocates each next chunk and writes every page of it before the store
-//!   needs it, keeping up to [`SPARE`] ready. A claim takes a ready chunk
-//!   under the lock in the time of a pointer swap; if none is ready (the
-//!   thread is behind, or could not be started) it allocates one itself, as
-//!   before.
+//!   needs it, keeping up to [`SPARE`] ready. A claim that fills a chunk
+//!   takes a ready one from the thread's channel under the lock (which may
+//!   wake the thread); if none is ready (the thread is behind, or could not
+//!   be started) it allocates an untouched one itself.
 //!
 //! The chunks are never returned to the allocator while the store lives:
 //! the history of deleted tasks is reused by new runs, not given back.
@@ -37,7 +38,7 @@ use crate::model::{Execution, ExecutionId, ExecutionStatus, TaskId, Trigger};
 pub(crate) const CHUNK: usize = 8192;
 
 /// Chunks the background thread keeps ready (plus the one it holds while
-/// the channel is full): at 100,000 fires a second, about 0.4 s of history.
+/// the channel is full): at 100,000 fires a second, 0.33 s of history.
 pub(crate) const SPARE: usize = 4;
 
 /// Where a record lives in the [`History`].
@@ -94,11 +95,15 @@ impl Hist {
     }
 
     pub(crate) fn set_error(&mut self, error: Option<String>) {
-        self.text_mut(|t| t.error = error);
+        if error.is_some() || self.text.is_some() {
+            self.text_mut(|t| t.error = error);
+        }
     }
 
     pub(crate) fn set_output(&mut self, output: Option<String>) {
-        self.text_mut(|t| t.output = output);
+        if output.is_some() || self.text.is_some() {
+            self.text_mut(|t| t.output = output);
+        }
     }
 
     fn text_mut(&mut self, change: impl FnOnce(&mut Text)) {

@@ -184,6 +184,11 @@ impl MemoryStore {
     }
 }
 
+/// Whether retention may drop `e`: it is over and no retry awaits it.
+fn droppable(e: &Hist) -> bool {
+    e.status.is_final() && e.retry_at.is_none()
+}
+
 impl Inner {
     fn owned(&self, tenant: &str, id: TaskId) -> Result<&TaskRec, Error> {
         match self.tasks.get(&id) {
@@ -237,13 +242,17 @@ impl Inner {
         true
     }
 
-    /// The record in `slot`.
-    fn record(&self, slot: Slot) -> &Hist {
-        self.history.get(slot)
-    }
-
-    fn record_mut(&mut self, slot: Slot) -> &mut Hist {
-        self.history.get_mut(slot)
+    /// Where a running execution, or a failed one awaiting a retry, is.
+    fn live(&self, id: ExecutionId) -> Option<(TaskId, Slot)> {
+        let found = self.live.get(&id).copied();
+        if let Some((_, slot)) = found {
+            debug_assert_eq!(
+                self.history.get(slot).id,
+                id,
+                "live points at another record"
+            );
+        }
+        found
     }
 
     /// Drops the oldest finished executions beyond the retention limit.
@@ -261,9 +270,21 @@ impl Inner {
         }
         let mut excess = runs.executions.len() - retention;
         let history = &mut self.history;
+        // The steady state: the oldest record goes, with no shifting.
+        while excess > 0
+            && let Some(&oldest) = runs.executions.front()
+            && droppable(history.get(oldest))
+        {
+            runs.executions.pop_front();
+            history.remove(oldest);
+            excess -= 1;
+        }
+        if excess == 0 {
+            return;
+        }
+        // An old record still running or awaiting a retry is kept.
         runs.executions.retain(|&slot| {
-            let e = history.get(slot);
-            let doomed = excess > 0 && e.status.is_final() && e.retry_at.is_none();
+            let doomed = excess > 0 && droppable(history.get(slot));
             if doomed {
                 excess -= 1;
                 history.remove(slot);
@@ -401,7 +422,6 @@ impl Inner {
                         m.status = ExecutionStatus::Missed;
                         m.lease_until = None;
                         m.finished_at = Some(now);
-                        m.duration_ms = Some(0);
                         m
                     })
                     .collect();
@@ -417,9 +437,9 @@ impl Inner {
                 }
             }
             ClaimKind::Retry { failed } => {
-                let awaiting = match self.live.get(&failed) {
-                    Some(&(owner, slot)) if owner == task_id => {
-                        self.record(slot).retry_at.map(|at| (at, slot))
+                let awaiting = match self.live(failed) {
+                    Some((owner, slot)) if owner == task_id => {
+                        self.history.get(slot).retry_at.map(|at| (at, slot))
                     }
                     _ => None,
                 };
@@ -428,7 +448,7 @@ impl Inner {
                 };
                 self.retries.remove(&(retry_at, failed));
                 self.live.remove(&failed);
-                self.record_mut(slot).retry_at = None;
+                self.history.get_mut(slot).retry_at = None;
             }
             ClaimKind::Manual => {}
         }
@@ -474,7 +494,7 @@ impl Inner {
                     let running: Vec<ExecutionId> = rec.runs().running.clone();
                     let at = execution.scheduled_for;
                     for id in running {
-                        if let Some(&(_, slot)) = self.live.get(&id) {
+                        if let Some((_, slot)) = self.live(id) {
                             let why = format!("replaced by the run for {}", at.to_rfc3339());
                             self.end_running(
                                 task_id,
@@ -610,7 +630,7 @@ impl Store for MemoryStore {
             }
         }
         for &slot in &rec.runs().executions {
-            let e = inner.record(slot);
+            let e = inner.history.get(slot);
             let (id, lease_until, retry_at) = (e.id, e.lease_until, e.retry_at);
             if inner.live.remove(&id).is_some() {
                 if let Some(until) = lease_until {
@@ -663,7 +683,7 @@ impl Store for MemoryStore {
             .take_while(|(at, _)| *at <= horizon)
             .take(limit)
             .filter_map(|(_, id)| {
-                let &(task_id, slot) = inner.live.get(id)?;
+                let (task_id, slot) = inner.live(*id)?;
                 let tenant = inner.tasks.get(&task_id)?.row.tenant();
                 Some(inner.history.execution(slot, task_id, tenant))
             })
@@ -682,12 +702,12 @@ impl Store for MemoryStore {
         until: DateTime<Utc>,
     ) -> Result<(), Error> {
         let mut inner = self.lock();
-        let Some(&(_, slot)) = inner.live.get(&id) else {
+        let Some((_, slot)) = inner.live(id) else {
             return Err(Error::conflict(format!(
                 "execution {id} is no longer running"
             )));
         };
-        let e = inner.record_mut(slot);
+        let e = inner.history.get_mut(slot);
         if e.status != ExecutionStatus::Running || e.fence != fence {
             return Err(Error::conflict(format!("execution {id} was taken over")));
         }
@@ -701,21 +721,18 @@ impl Store for MemoryStore {
 
     async fn finish(&self, f: Finish) -> Result<FinishOutcome, Error> {
         let mut inner = self.lock();
-        let Some(&(task_id, slot)) = inner.live.get(&f.id) else {
+        let Some((task_id, slot)) = inner.live(f.id) else {
             return Err(Error::conflict(format!(
                 "execution {} is no longer running",
                 f.id
             )));
         };
-        let e = inner.record(slot);
-        match e {
-            e if e.status == ExecutionStatus::Running && e.fence == f.fence => {}
-            _ => {
-                return Err(Error::conflict(format!(
-                    "execution {} was taken over",
-                    f.id
-                )));
-            }
+        let e = inner.history.get(slot);
+        if e.status != ExecutionStatus::Running || e.fence != f.fence {
+            return Err(Error::conflict(format!(
+                "execution {} was taken over",
+                f.id
+            )));
         }
         if !f.status.is_final() {
             return Err(Error::invalid(
@@ -725,13 +742,14 @@ impl Store for MemoryStore {
         }
         let error = f.error.map(|s| truncate(s, MAX_ERROR_BYTES));
         if let Some(at) = f.started_at {
-            inner.record_mut(slot).started_at = at;
+            inner.history.get_mut(slot).started_at = at;
         }
         let trigger = inner
             .end_running(task_id, slot, f.status, f.finished_at, error)
             .expect("checked above");
         inner
-            .record_mut(slot)
+            .history
+            .get_mut(slot)
             .set_output(f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES)));
         let mut retrying = false;
         if let Some(at) = f
@@ -764,7 +782,7 @@ impl Store for MemoryStore {
             .collect();
         let mut out = Recovered::default();
         for id in expired {
-            let Some(&(task_id, slot)) = inner.live.get(&id) else {
+            let Some((task_id, slot)) = inner.live(id) else {
                 continue;
             };
             let why = Some("lease expired: its scheduler stopped renewing it".to_owned());
@@ -799,11 +817,11 @@ impl Store for MemoryStore {
         let inner = self.lock();
         let rec = inner.owned(tenant, task_id)?;
         let matching = || {
-            rec.runs()
-                .executions
-                .iter()
-                .rev()
-                .filter(|&&slot| query.status.is_none_or(|s| inner.record(slot).status == s))
+            rec.runs().executions.iter().rev().filter(|&&slot| {
+                query
+                    .status
+                    .is_none_or(|s| inner.history.get(slot).status == s)
+            })
         };
         Ok(ExecutionPage {
             executions: matching()
@@ -906,5 +924,86 @@ mod tests {
             .map(|e| ((e.scheduled_for - t0).num_minutes(), e.attempt))
             .collect();
         assert_eq!(keys, [(3, 1), (2, 2), (2, 1), (1, 2), (1, 1)]);
+    }
+
+    /// Retention drops the oldest finished records, steps over an older one
+    /// still running, and drops that one once it has ended.
+    #[tokio::test]
+    async fn retention_keeps_a_running_record_and_drops_it_once_over() {
+        let t0 = DateTime::from_timestamp(1_893_456_000, 0).unwrap();
+        let store = MemoryStore::with_retention(2);
+        let task = store
+            .create_task(
+                NewTask::cron("n", "a", "* * * * *")
+                    .validate("t", t0)
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let run = |minutes: i64| {
+            let at = t0 + chrono::Duration::minutes(minutes);
+            Execution::start(
+                &task,
+                at,
+                1,
+                Trigger::Schedule,
+                "node",
+                at,
+                at + chrono::Duration::hours(1),
+            )
+        };
+        let done = |minutes: i64| {
+            let mut e = run(minutes);
+            e.status = ExecutionStatus::Missed;
+            e.lease_until = None;
+            e.finished_at = Some(e.started_at);
+            e
+        };
+        let kept = || async {
+            let page = store
+                .executions(
+                    "t",
+                    task.id,
+                    ExecutionQuery {
+                        limit: 10,
+                        offset: 0,
+                        status: None,
+                    },
+                )
+                .await
+                .unwrap();
+            let minutes: Vec<i64> = page
+                .executions
+                .iter()
+                .map(|e| (e.scheduled_for - t0).num_minutes())
+                .collect();
+            minutes
+        };
+        let running = run(1);
+        {
+            let mut inner = store.lock();
+            assert!(inner.insert_execution(task.id, &running));
+            for minutes in 2..=4 {
+                assert!(inner.insert_execution(task.id, &done(minutes)));
+            }
+        }
+        assert_eq!(kept().await, [4, 1], "the running record is kept");
+        store
+            .finish(Finish {
+                id: running.id,
+                fence: running.fence,
+                status: ExecutionStatus::Succeeded,
+                finished_at: t0 + chrono::Duration::minutes(5),
+                started_at: None,
+                error: None,
+                output: None,
+                retry_at: None,
+                node: "node".into(),
+                lease_until: t0,
+            })
+            .await
+            .unwrap();
+        assert!(store.lock().insert_execution(task.id, &done(5)));
+        assert_eq!(kept().await, [5, 4], "once over it is the oldest to go");
     }
 }
