@@ -74,7 +74,11 @@
 //!   commits, and the engine claims a skipped task again at once. Manual
 //!   and retry claims always wait. Claims in one call that name the same
 //!   task are applied one after the other (a statement changes a row only
-//!   once).
+//!   once). A `replace` claim whose task runs an execution its statement's
+//!   snapshot cannot see (started by a claim that committed while it
+//!   waited) cannot end that run in the same statement: it is deferred,
+//!   writing nothing, and sent again in a new statement that sees the run
+//!   (at most three statements; the last applies it as it stands).
 //! - **Running ids.** Only a task whose overlap policy looks at them (`skip`,
 //!   `queue_one`, `replace`) keeps the ids of its running executions on its
 //!   row; under `allow` (the default) a finish writes nothing but the

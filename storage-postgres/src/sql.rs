@@ -216,10 +216,19 @@ impl Sql {
 /// attempt (retry), `$7`…`$14` the execution to start (id NULL: none),
 /// `$15` the claimer's node, `$16` its time, `$17` the message for replaced
 /// runs; the missed occurrences as `$18` claim ordinal, `$19` instant,
-/// `$20` id; `$21` retention, `$22` the count that triggers a trim.
+/// `$20` id; `$21` retention, `$22` the count that triggers a trim; `$23`
+/// whether a claim may be deferred (below).
 ///
-/// Steps: lock the tasks (`l`), compare-and-set the awaited retries (`r`),
-/// decide who won (`d`) and what the overlap policy makes of it (`o`), end
+/// A `replace` claim that waited for its task's lock behind a claim that
+/// started a run cannot end that run: the run's row was committed after
+/// this statement's snapshot, and an `UPDATE` here does not see it. Such a
+/// claim is deferred (`again`): nothing is written for it, and the caller
+/// sends it again in a new statement, which sees the run. On the last
+/// attempt (`$23` false) it is applied as it stands.
+///
+/// Steps: lock the tasks (`l`), pick the claims to defer (`g`),
+/// compare-and-set the awaited retries (`r`), decide who won (`d`) and
+/// what the overlap policy makes of it (`o`), end
 /// replaced runs (`x`), insert missed (`m`) and started / skipped (`ins`)
 /// executions, trim old history (`tr`), advance the tasks (`u`); the final
 /// select reports one row per claim, with the task as now committed for
@@ -242,10 +251,19 @@ l AS (
     WHERE c.kind <> 0 OR (t.enabled AND t.next_run = c.exp_next AND t.version = c.exp_version)
     ORDER BY t.id FOR UPDATE OF t
 ),
+g AS (
+    -- `replace` claims whose task runs an execution this snapshot cannot
+    -- see (committed by a claim we waited for): deferred, see above.
+    SELECT c.i FROM c JOIN l ON l.id = c.task_id
+    WHERE $23::bool AND c.exec_id IS NOT NULL AND l.overlap = 'replace'
+        AND EXISTS (SELECT 1 FROM unnest(l.running) r WHERE NOT EXISTS (
+            SELECT 1 FROM {s}.executions e WHERE e.id = r))
+),
 r AS (
     UPDATE {s}.executions e SET retry_at = NULL
     FROM c JOIN l ON l.id = c.task_id
     WHERE c.kind = 1 AND e.id = c.failed AND e.task_id = c.task_id AND e.retry_at IS NOT NULL
+        AND c.i NOT IN (SELECT i FROM g)
     RETURNING c.i
 ),
 d AS (
@@ -256,10 +274,11 @@ d AS (
     SELECT c.*, l.tenant, l.overlap, l.queued_for, l.n_executions,
         ARRAY(SELECT r FROM unnest(l.running) r WHERE NOT EXISTS (
             SELECT 1 FROM {s}.executions e WHERE e.id = r AND e.status <> 'running')) AS live,
-        (l.id IS NOT NULL AND CASE c.kind
+        (l.id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM g WHERE g.i = c.i) AND CASE c.kind
             WHEN 0 THEN l.enabled AND l.next_run = c.exp_next AND l.version = c.exp_version
             WHEN 1 THEN EXISTS (SELECT 1 FROM r WHERE r.i = c.i)
-            ELSE true END) AS won
+            ELSE true END) AS won,
+        EXISTS (SELECT 1 FROM g WHERE g.i = c.i) AS again
     FROM c LEFT JOIN l ON l.id = c.task_id
 ),
 o AS (
@@ -359,9 +378,9 @@ u AS (
 stale AS (
     SELECT ARRAY(
         SELECT d2.task_id FROM d d2 LEFT JOIN ins i2 ON i2.id = d2.exec_id
-        WHERE NOT d2.won OR (d2.exec_id IS NOT NULL AND i2.id IS NULL)) AS ids
+        WHERE (NOT d2.won AND NOT d2.again) OR (d2.exec_id IS NOT NULL AND i2.id IS NULL)) AS ids
 )
-SELECT d.i, d.won, o.outcome, i.status AS inserted,
+SELECT d.i, d.won, d.again, o.outcome, i.status AS inserted,
     ARRAY(SELECT x.id FROM x WHERE x.i = d.i) AS replaced,
     cur.*
 FROM d LEFT JOIN o ON o.i = d.i LEFT JOIN ins i ON i.id = d.exec_id

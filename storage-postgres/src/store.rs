@@ -30,6 +30,9 @@ use crate::sql::Sql;
 
 /// Attempts of a statement that hit a deadlock or serialization failure.
 const RACE_ATTEMPTS: usize = 3;
+/// Statements a claim may take when deferred (see `sql::CLAIM`): the last
+/// one applies it as it stands.
+const DEFER_ATTEMPTS: usize = 3;
 /// Most finishes applied by one statement.
 const FINISH_BATCH: usize = 256;
 /// Most statements recording finishes at once.
@@ -431,7 +434,41 @@ fn outcome_of(row: &PgRow, claim: Claim) -> Result<ClaimOutcome, Error> {
 }
 
 impl Inner {
+    /// Claims with distinct tasks: one statement, then one more for those it
+    /// deferred, and so on (at most [`DEFER_ATTEMPTS`]).
     async fn claim_round(&self, claims: Vec<Claim>) -> Result<Vec<ClaimOutcome>, Error> {
+        let mut out: Vec<Option<ClaimOutcome>> = vec![None; claims.len()];
+        let mut pending: Vec<(usize, Claim)> = claims.into_iter().enumerate().collect();
+        for attempt in 1..=DEFER_ATTEMPTS {
+            let (index, batch): (Vec<usize>, Vec<Claim>) = pending.into_iter().unzip();
+            let results = self
+                .claim_statement(batch, attempt < DEFER_ATTEMPTS)
+                .await?;
+            pending = Vec::new();
+            for (i, result) in index.into_iter().zip(results) {
+                match result {
+                    Ok(outcome) => out[i] = Some(outcome),
+                    Err(deferred) => pending.push((i, deferred)),
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+        }
+        out.into_iter()
+            .map(|o| {
+                o.ok_or_else(|| crate::error::corrupt("a claim was deferred on its last attempt"))
+            })
+            .collect()
+    }
+
+    /// One claim statement: per claim its outcome, or the claim back if the
+    /// statement deferred it.
+    async fn claim_statement(
+        &self,
+        claims: Vec<Claim>,
+        may_defer: bool,
+    ) -> Result<Vec<Result<ClaimOutcome, Claim>>, Error> {
         let mut a = ClaimArrays::default();
         for (i, c) in claims.iter().enumerate() {
             a.push(i32::try_from(i + 1).unwrap_or(i32::MAX), c)?;
@@ -474,6 +511,7 @@ impl Inner {
                 .bind(&a.missed_id)
                 .bind(retention)
                 .bind(trim_at)
+                .bind(may_defer)
                 .fetch_all(&self.pool)
                 .await;
             match result {
@@ -492,7 +530,16 @@ impl Inner {
         }
         rows.iter()
             .zip(claims)
-            .map(|(row, claim)| outcome_of(row, claim))
+            .map(|(row, claim)| {
+                let again: bool = row
+                    .try_get("again")
+                    .map_err(|e| crate::error::corrupt(format!("claim result: {e}")))?;
+                Ok(if again {
+                    Err(claim)
+                } else {
+                    Ok(outcome_of(row, claim)?)
+                })
+            })
             .collect()
     }
 

@@ -702,3 +702,115 @@ async fn leases_follow_running_executions_only() {
     );
     assert!(leases().await.is_empty(), "the orphan lease is gone");
 }
+
+/// Two `replace` claims queue for one task's lock: the second one's
+/// snapshot predates the run the first one starts, so it cannot end that
+/// run in the same statement. It is sent again, and ends it: one run is
+/// left running, the other is recorded as replaced, whatever order the
+/// lock was granted in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_ends_a_run_started_by_a_claim_it_waited_for() {
+    let Some(url) = common::server_url("replace_ends_a_run_started_by_a_claim_it_waited_for")
+    else {
+        return;
+    };
+    let store = std::sync::Arc::new(pg(&url).await);
+    let mut new = NewTask::cron("replace", "agent", "* * * * *");
+    new.policy = Some(Policy {
+        overlap: Overlap::Replace,
+        ..Policy::default()
+    });
+    let task = store
+        .create_task(
+            new.validate("replace", tickwheel::store::conformance::t0())
+                .expect("valid"),
+        )
+        .await
+        .expect("create");
+
+    // Hold the task's row lock so that both claims start, take their
+    // snapshots and queue behind it.
+    let mut holder = store.pool().begin().await.expect("begin");
+    sqlx::query(&format!(
+        "SELECT 1 FROM \"{}\".tasks WHERE id = $1 FOR UPDATE",
+        store.schema()
+    ))
+    .bind(task.id.as_uuid())
+    .execute(&mut *holder)
+    .await
+    .expect("lock the task");
+    let waiting = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query LIKE '%WITH ORDINALITY AS c(task_id%'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("pg_stat_activity");
+        n
+    };
+    let until_waiting = |n: i64| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while waiting().await < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} claims never queued for the lock"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    let claim = |now: i64| {
+        let store = store.clone();
+        let claim = manual(&task, now);
+        tokio::spawn(async move { store.claim(vec![claim]).await.map(|mut o| o.remove(0)) })
+    };
+    let first = claim(61);
+    until_waiting(1).await;
+    let second = claim(62);
+    until_waiting(2).await;
+    holder.commit().await.expect("release the lock");
+    let outcomes = [
+        first.await.expect("join").expect("claim"),
+        second.await.expect("join").expect("claim"),
+    ];
+
+    let history = store
+        .executions(
+            "replace",
+            task.id,
+            ExecutionQuery {
+                limit: 10,
+                offset: 0,
+                status: None,
+            },
+        )
+        .await
+        .expect("history");
+    let running: Vec<&Execution> = history
+        .executions
+        .iter()
+        .filter(|e| e.status == ExecutionStatus::Running)
+        .collect();
+    assert_eq!(running.len(), 1, "one run is left: {history:?}");
+    let replaced: Vec<&Execution> = history
+        .executions
+        .iter()
+        .filter(|e| e.status == ExecutionStatus::Abandoned)
+        .collect();
+    assert_eq!(replaced.len(), 1, "the other was replaced: {history:?}");
+    let replacing = outcomes
+        .iter()
+        .find_map(|o| match o {
+            ClaimOutcome::Replaced { started, replaced } => Some((started, replaced)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no claim reports a replaced run: {outcomes:?}"));
+    assert_eq!(replacing.0.id, running[0].id);
+    assert_eq!(replacing.1, &vec![replaced[0].id]);
+    let leased: Vec<uuid::Uuid> = leases_of(&store).await.into_iter().map(|l| l.0).collect();
+    assert_eq!(
+        leased,
+        vec![running[0].id.as_uuid()],
+        "only the running one is leased"
+    );
+}
