@@ -316,8 +316,28 @@ async fn claims_match_the_memory_store_for_every_policy() {
                 got, expected,
                 "overlap={overlap:?} misfire={misfire:?} retries={max_retries}"
             );
+            assert_leases_match_running(&pg).await;
         }
     }
+}
+
+/// Every running execution has its `leases` row, with the same expiry,
+/// and no other execution has one: the two copies of a lease agree after
+/// claims, replacements, finishes, queued starts and recovery.
+async fn assert_leases_match_running(store: &PgStore) {
+    let running: Vec<(uuid::Uuid, DateTime<Utc>)> = sqlx::query_as(&format!(
+        "SELECT id, lease_until FROM \"{}\".executions
+         WHERE status = 'running' ORDER BY id",
+        store.schema()
+    ))
+    .fetch_all(store.pool())
+    .await
+    .expect("read running executions");
+    assert_eq!(
+        leases_of(store).await,
+        running,
+        "leases and running executions differ"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
