@@ -74,11 +74,13 @@
 //!   commits, and the engine claims a skipped task again at once. Manual
 //!   and retry claims always wait. Claims in one call that name the same
 //!   task are applied one after the other (a statement changes a row only
-//!   once). A `replace` claim whose task runs an execution its statement's
-//!   snapshot cannot see (started by a claim that committed while it
-//!   waited) cannot end that run in the same statement: it is deferred,
-//!   writing nothing, and sent again in a new statement that sees the run
-//!   (at most three statements; the last applies it as it stands).
+//!   once). The exception to one round trip: a `replace` claim whose task
+//!   lists a running execution the statement's snapshot cannot see (started
+//!   by a statement that committed after the snapshot was taken) cannot end
+//!   that run there. It is deferred, writing nothing, and sent again; the
+//!   third try runs in a transaction that locks its tasks first, so its
+//!   snapshot sees every such run. Should a resend fail, the claims already
+//!   applied stand and the deferred ones are answered as lost.
 //! - **Running ids.** Only a task whose overlap policy looks at them (`skip`,
 //!   `queue_one`, `replace`) keeps the ids of its running executions on its
 //!   row; under `allow` (the default) a finish writes nothing but the

@@ -47,6 +47,8 @@ pub(crate) struct Sql {
     pub(crate) live_running: String,
     pub(crate) heartbeat: String,
     pub(crate) leave: String,
+    /// Locks tasks `$1` in id order (the last try of a deferred claim).
+    pub(crate) lock_tasks: String,
 }
 
 /// The task columns as written by an insert, `$1`…`$25` in [`TASK_COLUMNS`] order.
@@ -204,6 +206,7 @@ impl Sql {
                     UNION SELECT $1::text) live
                 ORDER BY n COLLATE \"C\""),
             leave: q("DELETE FROM {s}.nodes WHERE node_id = $1"),
+            lock_tasks: q("SELECT 1 FROM {s}.tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
         }
     }
 }
@@ -219,12 +222,17 @@ impl Sql {
 /// `$20` id; `$21` retention, `$22` the count that triggers a trim; `$23`
 /// whether a claim may be deferred (below).
 ///
-/// A `replace` claim that waited for its task's lock behind a claim that
-/// started a run cannot end that run: the run's row was committed after
-/// this statement's snapshot, and an `UPDATE` here does not see it. Such a
-/// claim is deferred (`again`): nothing is written for it, and the caller
-/// sends it again in a new statement, which sees the run. On the last
-/// attempt (`$23` false) it is applied as it stands.
+/// A `replace` claim whose task row lists a running execution this
+/// statement's snapshot cannot see cannot end that run: it was started by a
+/// statement (a claim, or a finish starting a queued occurrence) that
+/// committed after the snapshot was taken, whether or not this one waited
+/// for the lock, and an `UPDATE` here does not see its row. Such a claim is
+/// deferred (`again`): nothing is written for it (it is reported as lost,
+/// with the task as last committed, in case it is never sent again), and
+/// the caller sends it again. The last try (`$23` false) runs after
+/// locking the tasks in an earlier statement of its transaction, so its
+/// snapshot sees every such run. A listed id with no execution row at all
+/// is deferred too, and dropped from the list by that last try.
 ///
 /// Steps: lock the tasks (`l`), pick the claims to defer (`g`),
 /// compare-and-set the awaited retries (`r`), decide who won (`d`) and
@@ -378,7 +386,7 @@ u AS (
 stale AS (
     SELECT ARRAY(
         SELECT d2.task_id FROM d d2 LEFT JOIN ins i2 ON i2.id = d2.exec_id
-        WHERE (NOT d2.won AND NOT d2.again) OR (d2.exec_id IS NOT NULL AND i2.id IS NULL)) AS ids
+        WHERE NOT d2.won OR (d2.exec_id IS NOT NULL AND i2.id IS NULL)) AS ids
 )
 SELECT d.i, d.won, d.again, o.outcome, i.status AS inserted,
     ARRAY(SELECT x.id FROM x WHERE x.i = d.i) AS replaced,

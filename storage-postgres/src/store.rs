@@ -30,13 +30,33 @@ use crate::sql::Sql;
 
 /// Attempts of a statement that hit a deadlock or serialization failure.
 const RACE_ATTEMPTS: usize = 3;
-/// Statements a claim may take when deferred (see `sql::CLAIM`): the last
-/// one applies it as it stands.
+/// Statements a claim may take when deferred (see `sql::CLAIM`); the last
+/// one runs after locking the claims' tasks, so it defers nothing.
 const DEFER_ATTEMPTS: usize = 3;
 /// Most finishes applied by one statement.
 const FINISH_BATCH: usize = 256;
 /// Most statements recording finishes at once.
 const FINISH_WORKERS: u32 = 4;
+
+/// How a claim statement runs.
+#[derive(Debug, Clone, Copy)]
+enum Pass {
+    /// It may defer `replace` claims (see `sql::CLAIM`).
+    Deferring,
+    /// After locking the claims' tasks, in one transaction: nothing to defer.
+    Locked,
+}
+
+/// What a claim statement made of one claim.
+// Short-lived, one per claim of a batch: not worth a box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Statement {
+    Settled(ClaimOutcome),
+    /// To send again; the outcome is the answer if it never is.
+    Deferred(Claim, ClaimOutcome),
+}
+use Statement::{Deferred, Settled};
 
 /// A finish, checked and converted, waiting for its batch.
 #[derive(Debug)]
@@ -435,40 +455,67 @@ fn outcome_of(row: &PgRow, claim: Claim) -> Result<ClaimOutcome, Error> {
 
 impl Inner {
     /// Claims with distinct tasks: one statement, then one more for those it
-    /// deferred, and so on (at most [`DEFER_ATTEMPTS`]).
+    /// deferred, and so on (at most [`DEFER_ATTEMPTS`]; the last locks the
+    /// tasks first and defers nothing).
+    ///
+    /// Once the first statement has committed its outcomes stand: if a later
+    /// one fails, the claims it was to settle are answered as the deferring
+    /// statement read their tasks (lost), and the engine claims them again.
     async fn claim_round(&self, claims: Vec<Claim>) -> Result<Vec<ClaimOutcome>, Error> {
-        let mut out: Vec<Option<ClaimOutcome>> = vec![None; claims.len()];
-        let mut pending: Vec<(usize, Claim)> = claims.into_iter().enumerate().collect();
-        for attempt in 1..=DEFER_ATTEMPTS {
-            let (index, batch): (Vec<usize>, Vec<Claim>) = pending.into_iter().unzip();
-            let results = self
-                .claim_statement(batch, attempt < DEFER_ATTEMPTS)
-                .await?;
-            pending = Vec::new();
-            for (i, result) in index.into_iter().zip(results) {
-                match result {
-                    Ok(outcome) => out[i] = Some(outcome),
-                    Err(deferred) => pending.push((i, deferred)),
+        let mut out: Vec<ClaimOutcome> = Vec::with_capacity(claims.len());
+        let mut pending: Vec<(usize, Claim)> = Vec::new();
+        for (i, result) in self
+            .claim_statement(claims, Pass::Deferring)
+            .await?
+            .into_iter()
+            .enumerate()
+        {
+            out.push(match result {
+                Settled(outcome) => outcome,
+                Deferred(claim, meanwhile) => {
+                    pending.push((i, claim));
+                    meanwhile
                 }
-            }
+            });
+        }
+        for attempt in 2..=DEFER_ATTEMPTS {
             if pending.is_empty() {
                 break;
             }
+            let pass = if attempt == DEFER_ATTEMPTS {
+                Pass::Locked
+            } else {
+                Pass::Deferring
+            };
+            let (index, batch): (Vec<usize>, Vec<Claim>) = pending.into_iter().unzip();
+            let results = match self.claim_statement(batch, pass).await {
+                Ok(results) => results,
+                Err(e) => {
+                    tracing::warn!(%e, "a deferred claim could not be sent again; reported lost");
+                    break;
+                }
+            };
+            pending = Vec::new();
+            for (i, result) in index.into_iter().zip(results) {
+                match result {
+                    Settled(outcome) => out[i] = outcome,
+                    Deferred(claim, meanwhile) => {
+                        pending.push((i, claim));
+                        out[i] = meanwhile;
+                    }
+                }
+            }
         }
-        out.into_iter()
-            .map(|o| {
-                o.ok_or_else(|| crate::error::corrupt("a claim was deferred on its last attempt"))
-            })
-            .collect()
+        Ok(out)
     }
 
-    /// One claim statement: per claim its outcome, or the claim back if the
-    /// statement deferred it.
+    /// One claim statement: per claim its outcome, or the claim back with
+    /// what to answer if it is never settled.
     async fn claim_statement(
         &self,
         claims: Vec<Claim>,
-        may_defer: bool,
-    ) -> Result<Vec<Result<ClaimOutcome, Claim>>, Error> {
+        pass: Pass,
+    ) -> Result<Vec<Statement>, Error> {
         let mut a = ClaimArrays::default();
         for (i, c) in claims.iter().enumerate() {
             a.push(i32::try_from(i + 1).unwrap_or(i32::MAX), c)?;
@@ -488,7 +535,7 @@ impl Inner {
             } else {
                 &self.sql.claim
             };
-            let result = sqlx::query(sql)
+            let query = sqlx::query(sql)
                 .bind(&a.task_id)
                 .bind(&a.kind)
                 .bind(&a.exp_next)
@@ -511,9 +558,11 @@ impl Inner {
                 .bind(&a.missed_id)
                 .bind(retention)
                 .bind(trim_at)
-                .bind(may_defer)
-                .fetch_all(&self.pool)
-                .await;
+                .bind(matches!(pass, Pass::Deferring));
+            let result = match pass {
+                Pass::Deferring => query.fetch_all(&self.pool).await,
+                Pass::Locked => self.locked(&a.task_id, query).await,
+            };
             match result {
                 Ok(rows) => break rows,
                 Err(e) if !careful && is_unique_violation(&e) => careful = true,
@@ -535,12 +584,33 @@ impl Inner {
                     .try_get("again")
                     .map_err(|e| crate::error::corrupt(format!("claim result: {e}")))?;
                 Ok(if again {
-                    Err(claim)
+                    // A deferred row is not won: its outcome is the task as
+                    // read, lost.
+                    let meanwhile = outcome_of(row, claim.clone())?;
+                    Deferred(claim, meanwhile)
                 } else {
-                    Ok(outcome_of(row, claim)?)
+                    Settled(outcome_of(row, claim)?)
                 })
             })
             .collect()
+    }
+
+    /// `query` (a claim statement) in a transaction that first locks
+    /// `tasks` in id order, as the statement itself does: its snapshot is
+    /// then taken after every claim that held them committed.
+    async fn locked(
+        &self,
+        tasks: &[Uuid],
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<PgRow>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&self.sql.lock_tasks)
+            .bind(tasks)
+            .execute(&mut *tx)
+            .await?;
+        let rows = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows)
     }
 
     async fn start_state(&self, id: ExecutionId, fence: u64) -> Result<Error, Error> {

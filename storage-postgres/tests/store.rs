@@ -323,8 +323,23 @@ async fn claims_match_the_memory_store_for_every_policy() {
 
 /// Every running execution has its `leases` row, with the same expiry,
 /// and no other execution has one: the two copies of a lease agree after
-/// claims, replacements, finishes, queued starts and recovery.
+/// claims, replacements, finishes, queued starts and recovery. A task whose
+/// overlap policy tracks its runs lists exactly its running executions.
 async fn assert_leases_match_running(store: &PgStore) {
+    let untracked: Vec<uuid::Uuid> = sqlx::query_scalar(&format!(
+        "SELECT t.id FROM \"{0}\".tasks t
+         WHERE t.overlap <> 'allow' AND ARRAY(SELECT unnest(t.running) ORDER BY 1)
+            IS DISTINCT FROM ARRAY(SELECT e.id FROM \"{0}\".executions e
+                WHERE e.task_id = t.id AND e.status = 'running' ORDER BY 1)",
+        store.schema()
+    ))
+    .fetch_all(store.pool())
+    .await
+    .expect("read running lists");
+    assert!(
+        untracked.is_empty(),
+        "tasks whose running list is off: {untracked:?}"
+    );
     let running: Vec<(uuid::Uuid, DateTime<Utc>)> = sqlx::query_as(&format!(
         "SELECT id, lease_until FROM \"{}\".executions
          WHERE status = 'running' ORDER BY id",
@@ -734,7 +749,10 @@ async fn replace_ends_a_run_started_by_a_claim_it_waited_for() {
     else {
         return;
     };
-    let store = std::sync::Arc::new(pg(&url).await);
+    // Its own application name, so that only its own sessions are counted
+    // below (tests run in parallel in one database).
+    let app = format!("replace_{}", uuid::Uuid::now_v7().simple());
+    let store = std::sync::Arc::new(pg(&common::with_app_name(&url, &app)).await);
     let mut new = NewTask::cron("replace", "agent", "* * * * *");
     new.policy = Some(Policy {
         overlap: Overlap::Replace,
@@ -762,8 +780,9 @@ async fn replace_ends_a_run_started_by_a_claim_it_waited_for() {
     let waiting = || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
-             WHERE wait_event_type = 'Lock' AND query LIKE '%WITH ORDINALITY AS c(task_id%'",
+             WHERE wait_event_type = 'Lock' AND application_name = $1",
         )
+        .bind(&app)
         .fetch_one(store.pool())
         .await
         .expect("pg_stat_activity");
@@ -833,4 +852,46 @@ async fn replace_ends_a_run_started_by_a_claim_it_waited_for() {
         vec![running[0].id.as_uuid()],
         "only the running one is leased"
     );
+    assert_leases_match_running(&store).await;
+}
+
+/// A `replace` task that lists a running id with no execution behind it
+/// (no statement's snapshot will ever show it) is deferred, then claimed
+/// with its tasks locked first, which starts the run and drops the id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_gets_past_a_running_id_with_no_execution() {
+    let Some(url) = common::server_url("replace_gets_past_a_running_id_with_no_execution") else {
+        return;
+    };
+    let store = pg(&url).await;
+    let mut new = NewTask::cron("ghost", "agent", "* * * * *");
+    new.policy = Some(Policy {
+        overlap: Overlap::Replace,
+        ..Policy::default()
+    });
+    let task = store
+        .create_task(
+            new.validate("ghost", tickwheel::store::conformance::t0())
+                .expect("valid"),
+        )
+        .await
+        .expect("create");
+    sqlx::query(&format!(
+        "UPDATE \"{}\".tasks SET running = ARRAY[$2::uuid] WHERE id = $1",
+        store.schema()
+    ))
+    .bind(task.id.as_uuid())
+    .bind(uuid::Uuid::now_v7())
+    .execute(store.pool())
+    .await
+    .expect("list a ghost");
+    let e = started(
+        store
+            .claim(vec![scheduled(&task, 60, 120, 60, &[])])
+            .await
+            .expect("claim")
+            .remove(0),
+    );
+    assert_eq!(e.scheduled_for, at(60));
+    assert_leases_match_running(&store).await;
 }
