@@ -79,7 +79,10 @@
 //!   by a statement that committed after the snapshot was taken) cannot end
 //!   that run there. It is deferred, writing nothing, and sent again; the
 //!   third try runs in a transaction that locks its tasks first, so its
-//!   snapshot sees every such run. Should a resend fail, the claims already
+//!   snapshot sees every such run. The same goes for `skip` and `queue_one`
+//!   claims, so that an id listed as running with no execution behind it
+//!   (which no snapshot would ever show finished) is dropped instead of
+//!   counting as running for ever. Should a resend fail, the claims already
 //!   applied stand and the deferred ones are answered as lost.
 //! - **Running ids.** Only a task whose overlap policy looks at them (`skip`,
 //!   `queue_one`, `replace`) keeps the ids of its running executions on its

@@ -232,7 +232,10 @@ impl Sql {
 /// the caller sends it again. The last try (`$23` false) runs after
 /// locking the tasks in an earlier statement of its transaction, so its
 /// snapshot sees every such run. A listed id with no execution row at all
-/// is deferred too, and dropped from the list by that last try.
+/// is deferred too, and dropped from the list by that last try: there,
+/// `live` is what the snapshot shows running. That holds for every policy
+/// that tracks runs (`skip` and `queue_one` too: a stray id would otherwise
+/// count as running for ever).
 ///
 /// Steps: lock the tasks (`l`), pick the claims to defer (`g`),
 /// compare-and-set the awaited retries (`r`), decide who won (`d`) and
@@ -260,10 +263,10 @@ l AS (
     ORDER BY t.id FOR UPDATE OF t
 ),
 g AS (
-    -- `replace` claims whose task runs an execution this snapshot cannot
-    -- see (committed by a claim we waited for): deferred, see above.
+    -- Claims whose task lists a running execution this snapshot cannot see
+    -- (committed after it was taken): deferred, see above.
     SELECT c.i FROM c JOIN l ON l.id = c.task_id
-    WHERE $23::bool AND c.exec_id IS NOT NULL AND l.overlap = 'replace'
+    WHERE $23::bool AND c.exec_id IS NOT NULL AND l.overlap <> 'allow'
         AND EXISTS (SELECT 1 FROM unnest(l.running) r WHERE NOT EXISTS (
             SELECT 1 FROM {s}.executions e WHERE e.id = r))
 ),
@@ -277,11 +280,15 @@ r AS (
 d AS (
     -- `live`: the task's running executions. Ids in the (locked, latest)
     -- row stay unless the snapshot shows that execution finished: one
-    -- inserted by a claim we waited for is not in our snapshot yet, but is
-    -- running.
+    -- inserted by a statement that committed after our snapshot is not in
+    -- it, but is running. On the last try (tasks locked before the
+    -- snapshot) the snapshot sees every run: only those it shows running.
     SELECT c.*, l.tenant, l.overlap, l.queued_for, l.n_executions,
-        ARRAY(SELECT r FROM unnest(l.running) r WHERE NOT EXISTS (
-            SELECT 1 FROM {s}.executions e WHERE e.id = r AND e.status <> 'running')) AS live,
+        ARRAY(SELECT r FROM unnest(l.running) r WHERE CASE WHEN $23::bool
+            THEN NOT EXISTS (SELECT 1 FROM {s}.executions e
+                WHERE e.id = r AND e.status <> 'running')
+            ELSE EXISTS (SELECT 1 FROM {s}.executions e
+                WHERE e.id = r AND e.status = 'running') END) AS live,
         (l.id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM g WHERE g.i = c.i) AND CASE c.kind
             WHEN 0 THEN l.enabled AND l.next_run = c.exp_next AND l.version = c.exp_version
             WHEN 1 THEN EXISTS (SELECT 1 FROM r WHERE r.i = c.i)
