@@ -79,11 +79,13 @@
 //!   by a statement that committed after the snapshot was taken) cannot end
 //!   that run there. It is deferred, writing nothing, and sent again; the
 //!   third try runs in a transaction that locks its tasks first, so its
-//!   snapshot sees every such run. The same goes for `skip` and `queue_one`
-//!   claims, so that an id listed as running with no execution behind it
-//!   (which no snapshot would ever show finished) is dropped instead of
-//!   counting as running for ever. Should a resend fail, the claims already
-//!   applied stand and the deferred ones are answered as lost.
+//!   snapshot sees every such run. `skip` and `queue_one` claims whose task
+//!   lists no visibly running execution are deferred the same way, so that
+//!   an id listed as running with no execution behind it (which no snapshot
+//!   would ever show finished) is dropped by the task's next claim instead
+//!   of making every claim skip or queue; a finish's queued start and
+//!   recovery still count it until then. Should a resend fail, the claims
+//!   already applied stand and the deferred ones are answered as lost.
 //! - **Running ids.** Only a task whose overlap policy looks at them (`skip`,
 //!   `queue_one`, `replace`) keeps the ids of its running executions on its
 //!   row; under `allow` (the default) a finish writes nothing but the

@@ -231,11 +231,17 @@ impl Sql {
 /// with the task as last committed, in case it is never sent again), and
 /// the caller sends it again. The last try (`$23` false) runs after
 /// locking the tasks in an earlier statement of its transaction, so its
-/// snapshot sees every such run. A listed id with no execution row at all
-/// is deferred too, and dropped from the list by that last try: there,
-/// `live` is what the snapshot shows running. That holds for every policy
-/// that tracks runs (`skip` and `queue_one` too: a stray id would otherwise
-/// count as running for ever).
+/// snapshot sees every such run. That rests on a rule every writer keeps:
+/// a statement that starts a run, or changes a task's `running`, holds the
+/// task's row lock until it commits (the claim, a finish or recovery
+/// starting a queued occurrence, a policy change). A listed id with no
+/// execution row at all is deferred too, and dropped from the list by that
+/// last try: there, `live` is what the snapshot shows running. `skip` and
+/// `queue_one` claims are deferred only when no listed run is visibly
+/// running (otherwise their outcome is already known); without that, a
+/// stray id would make every claim of the task skip or queue. (A finish's
+/// queued start and recovery still count a stray id as running until a
+/// claim of the task drops it.)
 ///
 /// Steps: lock the tasks (`l`), pick the claims to defer (`g`),
 /// compare-and-set the awaited retries (`r`), decide who won (`d`) and
@@ -269,6 +275,9 @@ g AS (
     WHERE $23::bool AND c.exec_id IS NOT NULL AND l.overlap <> 'allow'
         AND EXISTS (SELECT 1 FROM unnest(l.running) r WHERE NOT EXISTS (
             SELECT 1 FROM {s}.executions e WHERE e.id = r))
+        AND (l.overlap = 'replace' OR NOT EXISTS (
+            SELECT 1 FROM unnest(l.running) r JOIN {s}.executions e
+                ON e.id = r AND e.status = 'running'))
 ),
 r AS (
     UPDATE {s}.executions e SET retry_at = NULL

@@ -41,7 +41,8 @@ const FINISH_WORKERS: u32 = 4;
 /// How a claim statement runs.
 #[derive(Debug, Clone, Copy)]
 enum Pass {
-    /// It may defer `replace` claims (see `sql::CLAIM`).
+    /// It may defer claims whose task lists a run it cannot see (see
+    /// `sql::CLAIM`).
     Deferring,
     /// After locking the claims' tasks, in one transaction: nothing to defer.
     Locked,
@@ -604,6 +605,10 @@ impl Inner {
         query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<Vec<PgRow>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        // Each statement its own snapshot, whatever the server's default.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(&self.sql.lock_tasks)
             .bind(tasks)
             .execute(&mut *tx)

@@ -749,25 +749,66 @@ async fn replace_ends_a_run_started_by_a_claim_it_waited_for() {
     else {
         return;
     };
+    let (store, task, outcomes) = two_claims_behind_a_lock(&url, "replace", Overlap::Replace).await;
+
+    let history = store
+        .executions("replace", task.id, ExecutionQuery::newest(10))
+        .await
+        .expect("history");
+    let running: Vec<&Execution> = history
+        .executions
+        .iter()
+        .filter(|e| e.status == ExecutionStatus::Running)
+        .collect();
+    assert_eq!(running.len(), 1, "one run is left: {history:?}");
+    let replaced: Vec<&Execution> = history
+        .executions
+        .iter()
+        .filter(|e| e.status == ExecutionStatus::Abandoned)
+        .collect();
+    assert_eq!(replaced.len(), 1, "the other was replaced: {history:?}");
+    let replacing = outcomes
+        .iter()
+        .find_map(|o| match o {
+            ClaimOutcome::Replaced { started, replaced } => Some((started, replaced)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no claim reports a replaced run: {outcomes:?}"));
+    assert_eq!(replacing.0.id, running[0].id);
+    assert_eq!(replacing.1, &vec![replaced[0].id]);
+    let leased: Vec<uuid::Uuid> = leases_of(&store).await.into_iter().map(|l| l.0).collect();
+    assert_eq!(
+        leased,
+        vec![running[0].id.as_uuid()],
+        "only the running one is leased"
+    );
+    assert_leases_match_running(&store).await;
+}
+
+/// A task of `tenant` under `overlap`, and the outcomes of two manual
+/// claims of it that took their snapshots and then queued for its row lock
+/// (held meanwhile by this function, then released).
+async fn two_claims_behind_a_lock(
+    url: &str,
+    tenant: &str,
+    overlap: Overlap,
+) -> (std::sync::Arc<PgStore>, Task, [ClaimOutcome; 2]) {
     // Its own application name, so that only its own sessions are counted
     // below (tests run in parallel in one database).
-    let app = format!("replace_{}", uuid::Uuid::now_v7().simple());
-    let store = std::sync::Arc::new(pg(&common::with_app_name(&url, &app)).await);
-    let mut new = NewTask::cron("replace", "agent", "* * * * *");
+    let app = format!("race_{}", uuid::Uuid::now_v7().simple());
+    let store = std::sync::Arc::new(pg(&common::with_app_name(url, &app)).await);
+    let mut new = NewTask::cron(tenant, "agent", "* * * * *");
     new.policy = Some(Policy {
-        overlap: Overlap::Replace,
+        overlap,
         ..Policy::default()
     });
     let task = store
         .create_task(
-            new.validate("replace", tickwheel::store::conformance::t0())
+            new.validate(tenant, tickwheel::store::conformance::t0())
                 .expect("valid"),
         )
         .await
         .expect("create");
-
-    // Hold the task's row lock so that both claims start, take their
-    // snapshots and queue behind it.
     let mut holder = store.pool().begin().await.expect("begin");
     sqlx::query(&format!(
         "SELECT 1 FROM \"{}\".tasks WHERE id = $1 FOR UPDATE",
@@ -812,45 +853,28 @@ async fn replace_ends_a_run_started_by_a_claim_it_waited_for() {
         first.await.expect("join").expect("claim"),
         second.await.expect("join").expect("claim"),
     ];
+    (store, task, outcomes)
+}
 
-    let history = store
-        .executions(
-            "replace",
-            task.id,
-            ExecutionQuery {
-                limit: 10,
-                offset: 0,
-                status: None,
-            },
-        )
-        .await
-        .expect("history");
-    let running: Vec<&Execution> = history
-        .executions
+/// The same race under `skip`: the claim that waited sees the run the
+/// other one started and records a skip, rather than a second run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_sees_a_run_started_by_a_claim_it_waited_for() {
+    let Some(url) = common::server_url("skip_sees_a_run_started_by_a_claim_it_waited_for") else {
+        return;
+    };
+    let (store, _, outcomes) = two_claims_behind_a_lock(&url, "skip", Overlap::Skip).await;
+    let shapes: Vec<&str> = outcomes
         .iter()
-        .filter(|e| e.status == ExecutionStatus::Running)
-        .collect();
-    assert_eq!(running.len(), 1, "one run is left: {history:?}");
-    let replaced: Vec<&Execution> = history
-        .executions
-        .iter()
-        .filter(|e| e.status == ExecutionStatus::Abandoned)
-        .collect();
-    assert_eq!(replaced.len(), 1, "the other was replaced: {history:?}");
-    let replacing = outcomes
-        .iter()
-        .find_map(|o| match o {
-            ClaimOutcome::Replaced { started, replaced } => Some((started, replaced)),
-            _ => None,
+        .map(|o| match o {
+            ClaimOutcome::Started(_) => "started",
+            ClaimOutcome::Skipped(_) => "skipped",
+            _ => "other",
         })
-        .unwrap_or_else(|| panic!("no claim reports a replaced run: {outcomes:?}"));
-    assert_eq!(replacing.0.id, running[0].id);
-    assert_eq!(replacing.1, &vec![replaced[0].id]);
-    let leased: Vec<uuid::Uuid> = leases_of(&store).await.into_iter().map(|l| l.0).collect();
-    assert_eq!(
-        leased,
-        vec![running[0].id.as_uuid()],
-        "only the running one is leased"
+        .collect();
+    assert!(
+        shapes == ["started", "skipped"] || shapes == ["skipped", "started"],
+        "{outcomes:?}"
     );
     assert_leases_match_running(&store).await;
 }

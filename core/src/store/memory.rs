@@ -907,15 +907,7 @@ mod tests {
             );
         }
         let page = store
-            .executions(
-                "t",
-                task.id,
-                ExecutionQuery {
-                    limit: 10,
-                    offset: 0,
-                    status: None,
-                },
-            )
+            .executions("t", task.id, ExecutionQuery::newest(10))
             .await
             .unwrap();
         let keys: Vec<(i64, u32)> = page
@@ -961,15 +953,7 @@ mod tests {
         };
         let kept = || async {
             let page = store
-                .executions(
-                    "t",
-                    task.id,
-                    ExecutionQuery {
-                        limit: 10,
-                        offset: 0,
-                        status: None,
-                    },
-                )
+                .executions("t", task.id, ExecutionQuery::newest(10))
                 .await
                 .unwrap();
             let minutes: Vec<i64> = page
