@@ -83,9 +83,11 @@
 //!   lists no visibly running execution are deferred the same way, so that
 //!   an id listed as running with no execution behind it (which no snapshot
 //!   would ever show finished) is dropped by the task's next claim instead
-//!   of making every claim skip or queue; a finish's queued start and
-//!   recovery still count it until then. Should a resend fail, the claims
-//!   already applied stand and the deferred ones are answered as lost.
+//!   of making every claim skip or queue; a finish's queued start still
+//!   counts it, and [`Store::recover_expired`]'s check for stuck queues
+//!   starts a queued occurrence held back only by such an id. Should a
+//!   resend fail, the claims already applied stand and the deferred ones
+//!   are answered as lost.
 //! - **Running ids.** Only a task whose overlap policy looks at them (`skip`,
 //!   `queue_one`, `replace`) keeps the ids of its running executions on its
 //!   row; under `allow` (the default) a finish writes nothing but the

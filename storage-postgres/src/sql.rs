@@ -187,13 +187,19 @@ impl Sql {
             running_of: q("SELECT id FROM {s}.executions WHERE task_id = $1 AND status = 'running'
                 ORDER BY started_at, id FOR UPDATE"),
             set_running: q("UPDATE {s}.tasks SET running = $2 WHERE id = $1"),
+            // Candidates only (re-checked under the lock by `live_running`):
+            // a listed id this snapshot does not show running (finished, not
+            // visible yet, or with no execution at all) does not rule a task out.
             stuck_queues: q("SELECT t.id FROM {s}.tasks t
                 WHERE t.queued_for IS NOT NULL AND NOT EXISTS (
-                    SELECT 1 FROM unnest(t.running) r WHERE NOT EXISTS (
-                        SELECT 1 FROM {s}.executions e WHERE e.id = r AND e.status <> 'running'))
+                    SELECT 1 FROM unnest(t.running) r JOIN {s}.executions e
+                        ON e.id = r AND e.status = 'running')
                 ORDER BY t.id LIMIT $1"),
-            live_running: q("SELECT r FROM unnest($1::uuid[]) r WHERE NOT EXISTS (
-                    SELECT 1 FROM {s}.executions e WHERE e.id = r AND e.status <> 'running')"),
+            // Run under the task's lock in a statement of its own, whose
+            // snapshot sees every run started before the lock was granted
+            // (see `CLAIM`): exactly the listed ids that run.
+            live_running: q("SELECT r FROM unnest($1::uuid[]) r WHERE EXISTS (
+                    SELECT 1 FROM {s}.executions e WHERE e.id = r AND e.status = 'running')"),
             // One round trip: record this node, forget nodes gone for a day,
             // list the live ones (this one included, whatever its `until`).
             heartbeat: q("WITH up AS (
@@ -240,8 +246,9 @@ impl Sql {
 /// `queue_one` claims are deferred only when no listed run is visibly
 /// running (otherwise their outcome is already known); without that, a
 /// stray id would make every claim of the task skip or queue. (A finish's
-/// queued start and recovery still count a stray id as running until a
-/// claim of the task drops it.)
+/// queued start still counts a stray id as running; recovery's check for
+/// stuck queues, under the lock, does not, and starts the queued
+/// occurrence.)
 ///
 /// Steps: lock the tasks (`l`), pick the claims to defer (`g`),
 /// compare-and-set the awaited retries (`r`), decide who won (`d`) and

@@ -928,3 +928,49 @@ async fn claim_past_a_stray_running_id(store: &PgStore, overlap: Overlap) {
     );
     assert_leases_match_running(store).await;
 }
+
+/// Recovery's safety net starts a queued occurrence whose task lists only
+/// a running id with no execution behind it, and drops the id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_starts_a_queue_held_only_by_a_stray_running_id() {
+    let Some(url) = common::server_url("recovery_starts_a_queue_held_only_by_a_stray_running_id")
+    else {
+        return;
+    };
+    let store = pg(&url).await;
+    let mut new = NewTask::cron("stray", "agent", "* * * * *");
+    new.policy = Some(Policy {
+        overlap: Overlap::QueueOne,
+        ..Policy::default()
+    });
+    let task = store
+        .create_task(
+            new.validate("stray", tickwheel::store::conformance::t0())
+                .expect("valid"),
+        )
+        .await
+        .expect("create");
+    sqlx::query(&format!(
+        "UPDATE \"{}\".tasks SET running = ARRAY[$2::uuid], queued_for = $3,
+            queued_attempt = 1, queued_trigger = 'schedule' WHERE id = $1",
+        store.schema()
+    ))
+    .bind(task.id.as_uuid())
+    .bind(uuid::Uuid::now_v7())
+    .bind(at(60))
+    .execute(store.pool())
+    .await
+    .expect("a queue behind a stray id");
+    let out = store
+        .recover_expired(at(61), "n", at(91), 10)
+        .await
+        .expect("recover");
+    assert!(out.abandoned.is_empty(), "{out:?}");
+    assert_eq!(
+        out.started.len(),
+        1,
+        "the queued occurrence starts: {out:?}"
+    );
+    assert_eq!(out.started[0].scheduled_for, at(60));
+    assert_leases_match_running(&store).await;
+}
