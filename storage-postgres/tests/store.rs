@@ -69,6 +69,22 @@ async fn every_minute(store: &PgStore, tenant: &str) -> Task {
     store.create_task(task).await.expect("create")
 }
 
+/// A task of `tenant` firing every minute under `overlap`, created in `store`.
+async fn task_with_overlap(store: &PgStore, tenant: &str, overlap: Overlap) -> Task {
+    let mut new = NewTask::cron(tenant, "agent", "* * * * *");
+    new.policy = Some(Policy {
+        overlap,
+        ..Policy::default()
+    });
+    store
+        .create_task(
+            new.validate(tenant, tickwheel::store::conformance::t0())
+                .expect("valid"),
+        )
+        .await
+        .expect("create")
+}
+
 /// The run a claim started.
 fn started(outcome: ClaimOutcome) -> Execution {
     match outcome {
@@ -797,18 +813,7 @@ async fn two_claims_behind_a_lock(
     // below (tests run in parallel in one database).
     let app = format!("race_{}", uuid::Uuid::now_v7().simple());
     let store = std::sync::Arc::new(pg(&common::with_app_name(url, &app)).await);
-    let mut new = NewTask::cron(tenant, "agent", "* * * * *");
-    new.policy = Some(Policy {
-        overlap,
-        ..Policy::default()
-    });
-    let task = store
-        .create_task(
-            new.validate(tenant, tickwheel::store::conformance::t0())
-                .expect("valid"),
-        )
-        .await
-        .expect("create");
+    let task = task_with_overlap(&store, tenant, overlap).await;
     let mut holder = store.pool().begin().await.expect("begin");
     sqlx::query(&format!(
         "SELECT 1 FROM \"{}\".tasks WHERE id = $1 FOR UPDATE",
@@ -896,18 +901,7 @@ async fn a_running_id_with_no_execution_does_not_block_claims() {
 }
 
 async fn claim_past_a_stray_running_id(store: &PgStore, overlap: Overlap) {
-    let mut new = NewTask::cron("ghost", "agent", "* * * * *");
-    new.policy = Some(Policy {
-        overlap,
-        ..Policy::default()
-    });
-    let task = store
-        .create_task(
-            new.validate("ghost", tickwheel::store::conformance::t0())
-                .expect("valid"),
-        )
-        .await
-        .expect("create");
+    let task = task_with_overlap(store, "ghost", overlap).await;
     sqlx::query(&format!(
         "UPDATE \"{}\".tasks SET running = ARRAY[$2::uuid] WHERE id = $1",
         store.schema()
@@ -938,18 +932,7 @@ async fn recovery_starts_a_queue_held_only_by_a_stray_running_id() {
         return;
     };
     let store = pg(&url).await;
-    let mut new = NewTask::cron("stray", "agent", "* * * * *");
-    new.policy = Some(Policy {
-        overlap: Overlap::QueueOne,
-        ..Policy::default()
-    });
-    let task = store
-        .create_task(
-            new.validate("stray", tickwheel::store::conformance::t0())
-                .expect("valid"),
-        )
-        .await
-        .expect("create");
+    let task = task_with_overlap(&store, "stray", Overlap::QueueOne).await;
     sqlx::query(&format!(
         "UPDATE \"{}\".tasks SET running = ARRAY[$2::uuid], queued_for = $3,
             queued_attempt = 1, queued_trigger = 'schedule' WHERE id = $1",
