@@ -463,23 +463,10 @@ impl Inner {
     /// one fails, the claims it was to settle are answered as the deferring
     /// statement read their tasks (lost), and the engine claims them again.
     async fn claim_round(&self, claims: Vec<Claim>) -> Result<Vec<ClaimOutcome>, Error> {
-        let mut out: Vec<ClaimOutcome> = Vec::with_capacity(claims.len());
-        let mut pending: Vec<(usize, Claim)> = Vec::new();
-        for (i, result) in self
-            .claim_statement(claims, Pass::Deferring)
-            .await?
-            .into_iter()
-            .enumerate()
-        {
-            out.push(match result {
-                Settled(outcome) => outcome,
-                Deferred(claim, meanwhile) => {
-                    pending.push((i, claim));
-                    meanwhile
-                }
-            });
-        }
-        for attempt in 2..=DEFER_ATTEMPTS {
+        // Every entry is set by the first statement, which answers each claim.
+        let mut out = vec![ClaimOutcome::Lost { current: None }; claims.len()];
+        let mut pending: Vec<(usize, Claim)> = claims.into_iter().enumerate().collect();
+        for attempt in 1..=DEFER_ATTEMPTS {
             if pending.is_empty() {
                 break;
             }
@@ -491,6 +478,7 @@ impl Inner {
             let (index, batch): (Vec<usize>, Vec<Claim>) = pending.into_iter().unzip();
             let results = match self.claim_statement(batch, pass).await {
                 Ok(results) => results,
+                Err(e) if attempt == 1 => return Err(e),
                 Err(e) => {
                     tracing::warn!(%e, "a deferred claim could not be sent again; reported lost");
                     break;
@@ -498,13 +486,13 @@ impl Inner {
             };
             pending = Vec::new();
             for (i, result) in index.into_iter().zip(results) {
-                match result {
-                    Settled(outcome) => out[i] = outcome,
+                out[i] = match result {
+                    Settled(outcome) => outcome,
                     Deferred(claim, meanwhile) => {
                         pending.push((i, claim));
-                        out[i] = meanwhile;
+                        meanwhile
                     }
-                }
+                };
             }
         }
         Ok(out)

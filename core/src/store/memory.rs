@@ -866,20 +866,43 @@ mod tests {
     use super::*;
     use crate::model::NewTask;
 
-    /// Records arriving out of order (a retry of an older occurrence, a
-    /// late catch-up) go to their place, and a taken key is refused.
-    #[tokio::test]
-    async fn history_stays_ordered_and_unique_whatever_the_arrival_order() {
-        let t0 = DateTime::from_timestamp(1_893_456_000, 0).unwrap();
-        let store = MemoryStore::new();
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_893_456_000, 0).unwrap()
+    }
+
+    /// A store keeping `retention` executions a task, with one task of
+    /// tenant `t`.
+    async fn store_with_a_task(retention: usize) -> (MemoryStore, Task) {
+        let store = MemoryStore::with_retention(retention);
         let task = store
             .create_task(
                 NewTask::cron("n", "a", "* * * * *")
-                    .validate("t", t0)
+                    .validate("t", t0())
                     .unwrap(),
             )
             .await
             .unwrap();
+        (store, task)
+    }
+
+    /// The task's history, newest first, as (minutes after `t0`, attempt).
+    async fn history_keys(store: &MemoryStore, task: &Task) -> Vec<(i64, u32)> {
+        store
+            .executions("t", task.id, ExecutionQuery::newest(10))
+            .await
+            .unwrap()
+            .executions
+            .iter()
+            .map(|e| ((e.scheduled_for - t0()).num_minutes(), e.attempt))
+            .collect()
+    }
+
+    /// Records arriving out of order (a retry of an older occurrence, a
+    /// late catch-up) go to their place, and a taken key is refused.
+    #[tokio::test]
+    async fn history_stays_ordered_and_unique_whatever_the_arrival_order() {
+        let t0 = t0();
+        let (store, task) = store_with_a_task(DEFAULT_RETENTION).await;
         let at = |minutes: i64, attempt: u32| {
             let mut e = Execution::start(
                 &task,
@@ -906,32 +929,18 @@ mod tests {
                 "the newest key"
             );
         }
-        let page = store
-            .executions("t", task.id, ExecutionQuery::newest(10))
-            .await
-            .unwrap();
-        let keys: Vec<(i64, u32)> = page
-            .executions
-            .iter()
-            .map(|e| ((e.scheduled_for - t0).num_minutes(), e.attempt))
-            .collect();
-        assert_eq!(keys, [(3, 1), (2, 2), (2, 1), (1, 2), (1, 1)]);
+        assert_eq!(
+            history_keys(&store, &task).await,
+            [(3, 1), (2, 2), (2, 1), (1, 2), (1, 1)]
+        );
     }
 
     /// Retention drops the oldest finished records, steps over an older one
     /// still running, and drops that one once it has ended.
     #[tokio::test]
     async fn retention_keeps_a_running_record_and_drops_it_once_over() {
-        let t0 = DateTime::from_timestamp(1_893_456_000, 0).unwrap();
-        let store = MemoryStore::with_retention(2);
-        let task = store
-            .create_task(
-                NewTask::cron("n", "a", "* * * * *")
-                    .validate("t", t0)
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let t0 = t0();
+        let (store, task) = store_with_a_task(2).await;
         let run = |minutes: i64| {
             let at = t0 + chrono::Duration::minutes(minutes);
             Execution::start(
@@ -952,14 +961,10 @@ mod tests {
             e
         };
         let kept = || async {
-            let page = store
-                .executions("t", task.id, ExecutionQuery::newest(10))
+            let minutes: Vec<i64> = history_keys(&store, &task)
                 .await
-                .unwrap();
-            let minutes: Vec<i64> = page
-                .executions
-                .iter()
-                .map(|e| (e.scheduled_for - t0).num_minutes())
+                .into_iter()
+                .map(|(minutes, _)| minutes)
                 .collect();
             minutes
         };
