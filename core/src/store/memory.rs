@@ -11,9 +11,15 @@
 //!   in order, the records themselves in a slab of compact records
 //!   (`history.rs`, which says why).
 //!
-//! Tasks are kept packed ([`Row`]: the claim's fields plain, the text in one
-//! allocation), and a task's run state is allocated at its first execution,
-//! so a million idle tasks cost about 200 bytes each plus their text.
+//! Tasks are kept packed ([`Row`]: the claim's fields plain, the policy in
+//! 16 bytes, the text in one allocation), and a task's run state is
+//! allocated at its first execution: a stored task is one 160-byte block
+//! plus its text. With the indexes, a million idle tasks cost about 345
+//! bytes each plus their text (`benches/README.md`). A task whose policy is
+//! outside the bounds [`Policy::validate`](crate::Policy::validate) sets
+//! (only one built by hand, not through `NewTask` or `TaskPatch`, can be)
+//! is refused with [`Error::Invalid`] naming the field, rather than stored
+//! cut to fit.
 //!
 //! Nothing survives the process: use the PostgreSQL or Redis store to share
 //! tasks between processes or keep them across restarts.
@@ -467,7 +473,7 @@ impl Inner {
         let now = execution.started_at;
         let mut replaced = Vec::new();
         if !rec.runs().running.is_empty() {
-            match rec.row.policy.overlap {
+            match rec.row.policy().overlap {
                 Overlap::Allow => {}
                 Overlap::QueueOne if rec.runs().queued.is_none() => {
                     rec.runs_mut().queued = Some(Queued {
@@ -792,7 +798,7 @@ impl Store for MemoryStore {
                 continue;
             };
             let row = &inner.tasks[&task_id].row;
-            let policy = row.policy;
+            let policy = row.policy();
             let mut e = inner.history.execution(slot, task_id, row.tenant());
             if e.attempt <= policy.max_retries {
                 let at = now + policy.backoff(e.attempt);

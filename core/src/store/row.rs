@@ -1,20 +1,25 @@
 //! The memory store's compact form of a [`Task`].
 //!
 //! A `Task` is 368 bytes plus a heap allocation per string. A [`Row`] keeps
-//! the fields the store reads and writes while claiming as plain fields and
-//! packs the nine text fields into one allocation with their end offsets,
-//! which brings a stored task to about 200 bytes plus its text. Reads
-//! rebuild a `Task` (they cloned every string before too, so a read costs
-//! what it did).
+//! the fields the store reads and writes while claiming as plain fields,
+//! the policy in 16 bytes (every bound [`Policy::validate`] sets fits in 32
+//! bits) and packs the nine text fields into one allocation with their end
+//! offsets: 152 bytes plus its text, so that a stored task (the row and
+//! the pointer to its run state) takes one 160-byte allocator block.
+//! Reads rebuild a `Task` (they cloned every string before too, so a read
+//! costs what it did).
 //!
 //! Invariant: `text[ends[i-1]..ends[i]]` is text field `i` (in the order of
-//! [`Text`]), each on a character boundary; absent optional fields are
-//! empty and flagged absent in `flags`.
+//! [`Text`]; the last field ends where the text does), each on a character
+//! boundary; absent optional fields are empty and flagged absent in
+//! `flags`.
 
 use chrono::{DateTime, Utc};
 
 use crate::error::Error;
-use crate::model::{Notification, NotificationMethod, Policy, Task, TaskId, TaskStatus};
+use crate::model::{
+    Misfire, Notification, NotificationMethod, Overlap, Policy, Task, TaskId, TaskStatus,
+};
 
 /// The text fields, in their packing order.
 #[derive(Clone, Copy)]
@@ -48,13 +53,59 @@ pub(crate) struct Row {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     pub(crate) version: u64,
-    pub(crate) policy: Policy,
+    policy: PackedPolicy,
     pub(crate) enabled: bool,
     pub(crate) status: TaskStatus,
     notification: Option<NotificationMethod>,
     flags: u8,
-    ends: [u32; FIELDS],
+    /// The ends of every field but the last.
+    ends: [u32; FIELDS - 1],
     text: Box<str>,
+}
+
+/// A [`Policy`] within its validated bounds, in 16 bytes.
+#[derive(Debug, Clone, Copy)]
+struct PackedPolicy {
+    misfire: Misfire,
+    overlap: Overlap,
+    /// At most [`MAX_RETRIES`](crate::model) (100).
+    max_retries: u8,
+    retry_backoff_ms: u32,
+    /// 0: none (a timeout is at least 1 ms).
+    timeout_ms: u32,
+    jitter_ms: u32,
+}
+
+impl PackedPolicy {
+    /// Packs `policy`, refusing one [`Policy::validate`] refuses (only a
+    /// task built by hand, not through `NewTask` or `TaskPatch`, can carry
+    /// one), so nothing is cut to fit.
+    fn new(policy: &Policy) -> Result<Self, Error> {
+        policy.validate()?;
+        let small = |field: &'static str, v: u64| {
+            u32::try_from(v).map_err(|_| Error::invalid(field, "out of range"))
+        };
+        Ok(Self {
+            misfire: policy.misfire,
+            overlap: policy.overlap,
+            max_retries: u8::try_from(policy.max_retries)
+                .map_err(|_| Error::invalid("policy.max_retries", "out of range"))?,
+            retry_backoff_ms: small("policy.retry_backoff_ms", policy.retry_backoff_ms)?,
+            timeout_ms: small("policy.timeout_ms", policy.timeout_ms.unwrap_or(0))?,
+            jitter_ms: small("policy.jitter_ms", policy.jitter_ms)?,
+        })
+    }
+
+    fn unpack(self) -> Policy {
+        Policy {
+            misfire: self.misfire,
+            overlap: self.overlap,
+            max_retries: u32::from(self.max_retries),
+            retry_backoff_ms: u64::from(self.retry_backoff_ms),
+            timeout_ms: (self.timeout_ms != 0).then_some(u64::from(self.timeout_ms)),
+            jitter_ms: u64::from(self.jitter_ms),
+        }
+    }
 }
 
 impl Row {
@@ -62,8 +113,10 @@ impl Row {
     ///
     /// # Errors
     ///
-    /// [`Error::Invalid`] if the text fields add up to 4 GiB or more.
+    /// [`Error::Invalid`] if the text fields add up to 4 GiB or more, or if
+    /// the policy is outside the bounds [`Policy::validate`] sets.
     pub(crate) fn new(task: &Task) -> Result<Self, Error> {
+        let policy = PackedPolicy::new(&task.policy)?;
         let prompt_is_description = task.prompt == task.description;
         let parts: [&str; FIELDS] = [
             &task.tenant,
@@ -83,11 +136,21 @@ impl Row {
                 .map_or("", |n| n.destination.as_str()),
         ];
         let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        let mut ends = [0u32; FIELDS];
-        for (end, part) in ends.iter_mut().zip(parts) {
+        for part in parts {
             text.push_str(part);
-            *end = u32::try_from(text.len())
-                .map_err(|_| Error::invalid("task", "text fields add up to 4 GiB or more"))?;
+        }
+        if u32::try_from(text.len()).is_err() {
+            return Err(Error::invalid(
+                "task",
+                "text fields add up to 4 GiB or more",
+            ));
+        }
+        let mut ends = [0u32; FIELDS - 1];
+        let mut end = 0;
+        for (slot, part) in ends.iter_mut().zip(parts) {
+            end += part.len();
+            // Below the total, checked above.
+            *slot = end as u32;
         }
         let mut flags = 0;
         if task.schedule.is_some() {
@@ -107,7 +170,7 @@ impl Row {
             created_at: task.created_at,
             updated_at: task.updated_at,
             version: task.version,
-            policy: task.policy,
+            policy,
             enabled: task.enabled,
             status: task.status,
             notification: task.notification.as_ref().map(|n| n.method),
@@ -120,9 +183,13 @@ impl Row {
     fn text(&self, field: Text) -> &str {
         let i = field as usize;
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        self.text
-            .get(start..self.ends[i] as usize)
-            .unwrap_or_default()
+        let end = self.ends.get(i).map_or(self.text.len(), |&e| e as usize);
+        self.text.get(start..end).unwrap_or_default()
+    }
+
+    /// The task's policy.
+    pub(crate) fn policy(&self) -> Policy {
+        self.policy.unpack()
     }
 
     /// The owning tenant.
@@ -161,7 +228,7 @@ impl Row {
                 method,
                 destination: owned(Text::Destination),
             }),
-            policy: self.policy,
+            policy: self.policy(),
             last_run: self.last_run,
             next_run: self.next_run,
             created_at: self.created_at,
@@ -215,10 +282,49 @@ mod tests {
 
     #[test]
     fn is_compact() {
+        // With the store's pointer to the run state: one 160-byte block.
         assert!(
-            std::mem::size_of::<Row>() <= 200,
+            std::mem::size_of::<Row>() <= 152,
             "Row is {} bytes",
             std::mem::size_of::<Row>()
         );
+    }
+
+    #[test]
+    fn policy_round_trips_at_its_bounds_and_refuses_past_them() {
+        let mut task = NewTask::cron("n", "a", "* * * * *")
+            .validate("t", now())
+            .unwrap();
+        for policy in [
+            Policy::default(),
+            Policy {
+                misfire: Misfire::CatchUp,
+                overlap: Overlap::Replace,
+                max_retries: 100,
+                retry_backoff_ms: 600_000,
+                timeout_ms: Some(7 * 24 * 3_600_000),
+                jitter_ms: 3_600_000,
+            },
+            Policy {
+                timeout_ms: Some(1),
+                retry_backoff_ms: 1,
+                ..Policy::default()
+            },
+        ] {
+            task.policy = policy;
+            assert_eq!(Row::new(&task).unwrap().policy(), policy);
+        }
+        task.policy = Policy {
+            jitter_ms: u64::from(u32::MAX) + 1,
+            ..Policy::default()
+        };
+        let err = Row::new(&task).unwrap_err().to_string();
+        assert!(err.contains("policy.jitter_ms"), "{err}");
+        task.policy = Policy {
+            timeout_ms: Some(0),
+            ..Policy::default()
+        };
+        let err = Row::new(&task).unwrap_err().to_string();
+        assert!(err.contains("policy.timeout_ms"), "{err}");
     }
 }
