@@ -8,7 +8,7 @@
 //!     --store memory|postgres://…|redis://… --tasks N --seconds S [--nodes K] \
 //!     [--jitter-ms J] [--schedule EXPR] [--max-concurrent C] [--claim-ahead-ms A] \
 //!     [--timeline] \
-//!     [--lateness-out PATH] [--max-setup-s T] [--warmup-s W]
+//!     [--lateness-out PATH] [--max-setup-s T] [--warmup-s W] [--create-workers C]
 //! ```
 //!
 //! Creates N jobs (default schedule `* * * * * *`), starts K scheduler
@@ -35,6 +35,8 @@
 //! The last line printed is one JSON object with those fields, `engine`
 //! first; earlier lines report setup. `--lateness-out PATH` also writes every
 //! lateness sample (ms, one number a line, unsorted) for plotting.
+//! `--create-workers C` (tickwheel only, default 1) creates the jobs from C
+//! tokio tasks at once, each a contiguous range of them.
 //! `--max-setup-s T` (default 120) bounds job creation and start-up: past it
 //! the harness prints `{"engine":…,"error":"setup exceeded T s",
 //! "created":M,…}` (M = job registrations so far, all nodes counted) and
@@ -224,6 +226,8 @@ struct Args {
     max_setup_s: u64,
     /// Whole seconds between setup and the window (at least 2).
     warmup_s: u64,
+    /// How many tasks create the jobs at once (tickwheel only).
+    create_workers: usize,
 }
 
 fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
@@ -237,7 +241,7 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
 const USAGE: &str = "loadgen [--engine tickwheel|tokio-cron-scheduler|apalis|delayqueue] \
 --store memory|postgres://…|redis://…[,redis://…] --tasks N --seconds S [--nodes K] \
 [--jitter-ms J] [--schedule EXPR] [--max-concurrent C] [--claim-ahead-ms A] [--timeline] \
-[--lateness-out PATH] [--max-setup-s T] [--warmup-s W]
+[--lateness-out PATH] [--max-setup-s T] [--warmup-s W] [--create-workers C]
 
 Creates N jobs firing on EXPR (default every second), runs K scheduler
 instances on one store for a window of S seconds, audits every occurrence
@@ -263,6 +267,7 @@ fn parse_args() -> Result<Args> {
         lateness_out: None,
         max_setup_s: 120,
         warmup_s: 2,
+        create_workers: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -281,6 +286,7 @@ fn parse_args() -> Result<Args> {
             "--lateness-out" => args.lateness_out = Some(value()?.into()),
             "--max-setup-s" => args.max_setup_s = number(&flag, &value()?)?,
             "--warmup-s" => args.warmup_s = number::<u64>(&flag, &value()?)?.max(2),
+            "--create-workers" => args.create_workers = number(&flag, &value()?)?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -303,13 +309,19 @@ fn parse_args() -> Result<Args> {
     if args.max_concurrent == Some(0) {
         bail!("--max-concurrent must be at least 1");
     }
+    if args.create_workers == 0 {
+        bail!("--create-workers must be at least 1");
+    }
     let name = args.engine.name();
     if args.engine != Engine::Tickwheel {
         if args.jitter_ms > 0 {
             bail!("--jitter-ms is only supported by --engine tickwheel ({name} has no jitter)");
         }
-        if args.max_concurrent.is_some() || args.claim_ahead_ms.is_some() {
-            bail!("--max-concurrent and --claim-ahead-ms are only supported by --engine tickwheel");
+        if args.max_concurrent.is_some() || args.claim_ahead_ms.is_some() || args.create_workers > 1
+        {
+            bail!(
+                "--max-concurrent, --claim-ahead-ms and --create-workers are only supported by --engine tickwheel"
+            );
         }
         if matches!(args.store_kind, StoreKind::Redis(_)) {
             bail!(

@@ -541,11 +541,13 @@ impl Inner {
 #[async_trait]
 impl Store for MemoryStore {
     async fn create_task(&self, task: Task) -> Result<Task, Error> {
+        // Packed before the lock is taken: concurrent creates only queue
+        // for the indexes.
+        let rec = Box::new(TaskRec::new(&task)?);
         let mut inner = self.lock();
         if inner.tasks.contains_key(&task.id) {
             return Err(Error::conflict(format!("task {} already exists", task.id)));
         }
-        let rec = TaskRec::new(&task)?;
         inner.index_due(task.id, task.enabled, task.next_run);
         match inner.by_tenant.get_mut(&task.tenant) {
             Some(ids) => {
@@ -557,7 +559,7 @@ impl Store for MemoryStore {
                     .insert(task.tenant.clone(), BTreeSet::from([task.id]));
             }
         }
-        inner.tasks.insert(task.id, Box::new(rec));
+        inner.tasks.insert(task.id, rec);
         drop(inner);
         self.notify(Change::Upserted {
             tenant: task.tenant.clone(),

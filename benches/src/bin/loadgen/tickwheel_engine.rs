@@ -16,7 +16,9 @@ use crate::{Args, Audit, Counts, Sample, Started, StoreKind};
 /// What the audit needs to read tickwheel's history.
 pub(crate) struct History {
     store: Arc<dyn Store>,
-    ids: Vec<TaskId>,
+    /// The tasks' ids in creation order, one vector per creating worker
+    /// (not joined: that would add a copy of them to the peak RSS).
+    ids: Vec<Vec<TaskId>>,
     policy: Policy,
     /// PostgreSQL: the run's schema, dropped after the audit.
     schema: Option<(sqlx::PgPool, String)>,
@@ -73,14 +75,30 @@ pub(crate) async fn start(args: &Args, created: &Arc<AtomicUsize>) -> Result<Sta
     };
     let now = Utc::now();
     // Only ids are kept here, so the memory figure is the store's and the
-    // engine's: every task shares the schedule and the policy.
-    let mut ids: Vec<TaskId> = Vec::with_capacity(args.tasks);
-    for i in 0..args.tasks {
-        let mut input = NewTask::cron(format!("load {i}"), "noop", args.schedule.clone());
-        input.policy = Some(policy);
-        let task = input.validate("load", now)?;
-        ids.push(store.create_task(task).await?.id);
-        created.fetch_add(1, Ordering::Relaxed);
+    // engine's: every task shares the schedule and the policy. Created by
+    // `--create-workers` tasks at once, each a contiguous range, so ids stay
+    // in task order.
+    let workers = args.create_workers.clamp(1, args.tasks.max(1));
+    let per = args.tasks.div_ceil(workers);
+    let mut creators = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let (store, created, schedule) = (store.clone(), created.clone(), args.schedule.clone());
+        let range = (w * per)..((w + 1) * per).min(args.tasks);
+        creators.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(range.len());
+            for i in range {
+                let mut input = NewTask::cron(format!("load {i}"), "noop", schedule.clone());
+                input.policy = Some(policy);
+                let task = input.validate("load", now)?;
+                ids.push(store.create_task(task).await?.id);
+                created.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(ids)
+        }));
+    }
+    let mut ids = Vec::with_capacity(workers);
+    for creator in creators {
+        ids.push(creator.await??);
     }
     let schedulers: Vec<Scheduler> = (0..args.nodes)
         .map(|i| {
@@ -147,7 +165,7 @@ impl History {
         end: DateTime<Utc>,
     ) -> Result<Counts> {
         let mut counts = Counts::default();
-        for &id in &self.ids {
+        for &id in self.ids.iter().flatten() {
             let history = self
                 .store
                 .executions("load", id, ExecutionQuery::newest(usize::MAX))
