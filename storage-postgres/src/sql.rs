@@ -225,7 +225,8 @@ impl Sql {
 /// attempt (retry), `$7`…`$14` the execution to start (id NULL: none),
 /// `$15` the claimer's node, `$16` its time, `$17` the message for replaced
 /// runs; the missed occurrences as `$18` claim ordinal, `$19` instant,
-/// `$20` id; `$21` retention, `$22` the count that triggers a trim; `$23`
+/// `$20` id; `$21` retention, `$22` the count that triggers a trim (each
+/// task's phase added to both, see the crate docs' Retention); `$23`
 /// whether a claim may be deferred (below).
 ///
 /// A `replace` claim whose task row lists a running execution this
@@ -382,8 +383,10 @@ tr AS (
             -- wait for a later trim.
             WHERE e2.task_id = o.task_id AND e2.status <> 'running' AND e2.retry_at IS NULL
             ORDER BY e2.scheduled_for, e2.attempt
-            LIMIT GREATEST(0, o.n_executions + COALESCE(a.n, 0) - $21)) old
-        WHERE o.n_executions + COALESCE(a.n, 0) > $22) z
+            LIMIT GREATEST(0, o.n_executions + COALESCE(a.n, 0) - $21
+                - get_byte(uuid_send(o.task_id), 15) % ($22 - $21 + 1))) old
+        WHERE o.n_executions + COALESCE(a.n, 0)
+            - get_byte(uuid_send(o.task_id), 15) % ($22 - $21 + 1) > $22) z
     WHERE e.id = z.id
     RETURNING z.task_id
 ),
@@ -432,7 +435,8 @@ ORDER BY d.i";
 /// Inputs are parallel arrays, one element per finish: `$1` execution,
 /// `$2` fence, `$3` status, `$4` finished at, `$5` error, `$6` output,
 /// `$7` retry at, `$8` node, `$9` lease for a queued start, `$10` its id;
-/// then `$11` retention and `$12` the count that triggers a trim; `$13` the
+/// then `$11` retention and `$12` the count that triggers a trim (plus each
+/// task's phase, as in the claim); `$13` the
 /// actual start of each run (NULL: as claimed).
 ///
 /// Finishes of the same task are folded as if applied in order: the task's
@@ -511,8 +515,10 @@ tr AS (
             SELECT e2.id FROM {s}.executions e2
             WHERE e2.task_id = l.id AND e2.status <> 'running' AND e2.retry_at IS NULL
             ORDER BY e2.scheduled_for, e2.attempt
-            LIMIT GREATEST(0, l.n_executions + added.n - $11)) old
-        WHERE l.n_executions + added.n > $12) z
+            LIMIT GREATEST(0, l.n_executions + added.n - $11
+                - get_byte(uuid_send(l.id), 15) % ($12 - $11 + 1))) old
+        WHERE l.n_executions + added.n
+            - get_byte(uuid_send(l.id), 15) % ($12 - $11 + 1) > $12) z
     WHERE e.id = z.id
     RETURNING z.task_id
 ),

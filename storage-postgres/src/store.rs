@@ -208,6 +208,9 @@ async fn finish_batch(
         .collect())
 }
 
+/// The largest retention applied (a larger one means the same: unlimited).
+const MAX_RETENTION: usize = 1 << 40;
+
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) pool: PgPool,
@@ -224,6 +227,10 @@ pub(crate) struct Inner {
 impl Inner {
     /// Must be called inside a tokio runtime: it starts the finish workers.
     pub(crate) fn new(pool: PgPool, schema: &str, retention: usize, max_connections: u32) -> Self {
+        // More than anyone can keep, and far from i64's end, so that the
+        // trim arithmetic in SQL (counts minus retention, minus the phase)
+        // cannot overflow.
+        let retention = retention.min(MAX_RETENTION);
         let slack = (retention / 10).min(100);
         let trim_at = retention + slack;
         let sql = Arc::new(Sql::new(schema));

@@ -957,3 +957,72 @@ async fn recovery_starts_a_queue_held_only_by_a_stray_running_id() {
     assert_eq!(out.started[0].scheduled_for, at(60));
     assert_leases_match_running(&store).await;
 }
+
+/// Tasks that run in step do not all trim their history in the same
+/// round: each task's phase (its id's last byte modulo slack + 1) moves its
+/// trigger, and every task keeps between `retention` and `retention + 2 ×
+/// slack` executions. Before the phase, the three tasks below trimmed
+/// together at round 23 and every third round after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trims_of_tasks_in_step_are_spread() {
+    let Some(url) = common::server_url("trims_of_tasks_in_step_are_spread") else {
+        return;
+    };
+    // Retention 20: slack 2, phases 0, 1 and 2.
+    let store = PgStore::builder()
+        .schema(common::fresh_schema())
+        .retention(20)
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .expect("connect");
+    let mut tasks = Vec::new();
+    for phase in 0..3u128 {
+        let mut task = NewTask::cron("trim", "agent", "* * * * *")
+            .validate("trim", tickwheel::store::conformance::t0())
+            .expect("valid");
+        task.id = tickwheel::TaskId::from_uuid(uuid::Uuid::from_u128(
+            0x0190_0000_0000_7000_8000_0000_0000_0000 | (phase << 8) | phase,
+        ));
+        tasks.push(store.create_task(task).await.expect("create"));
+    }
+    // Round of each task's first trim, and the most executions it held.
+    let mut first_trim = [None; 3];
+    let mut most = [0; 3];
+    for round in 1..=30i64 {
+        let now = 60 * round;
+        let claims = tasks
+            .iter()
+            .map(|t| scheduled(t, now, now + 60, now, &[]))
+            .collect();
+        let outcomes = store.claim(claims).await.expect("claim");
+        for outcome in outcomes {
+            let e = started(outcome);
+            let mut f = finish(&e, ExecutionStatus::Succeeded, now + 1, None);
+            f.error = None;
+            store.finish(f).await.expect("finish");
+        }
+        for (i, task) in tasks.iter_mut().enumerate() {
+            *task = store.get_task("trim", task.id).await.expect("get");
+            let total = store
+                .executions("trim", task.id, ExecutionQuery::newest(1))
+                .await
+                .expect("history")
+                .total;
+            most[i] = most[i].max(total);
+            assert!(
+                total >= (round as usize).min(20) && total <= 24,
+                "round {round}: task {i} holds {total} executions"
+            );
+            if total < round as usize && first_trim[i].is_none() {
+                first_trim[i] = Some(round);
+            }
+        }
+    }
+    assert_eq!(
+        first_trim,
+        [Some(23), Some(24), Some(25)],
+        "each phase trims first at its own round"
+    );
+    assert_eq!(most, [22, 23, 24], "the most each task held");
+}
