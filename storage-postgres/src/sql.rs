@@ -384,9 +384,9 @@ tr AS (
             WHERE e2.task_id = o.task_id AND e2.status <> 'running' AND e2.retry_at IS NULL
             ORDER BY e2.scheduled_for, e2.attempt
             LIMIT GREATEST(0, o.n_executions + COALESCE(a.n, 0) - $21
-                - get_byte(uuid_send(o.task_id), 15) % ($22 - $21 + 1))) old
+                - (get_byte(uuid_send(o.task_id), 14) * 256 + get_byte(uuid_send(o.task_id), 15)) % ($22 - $21 + 1))) old
         WHERE o.n_executions + COALESCE(a.n, 0)
-            - get_byte(uuid_send(o.task_id), 15) % ($22 - $21 + 1) > $22) z
+            - (get_byte(uuid_send(o.task_id), 14) * 256 + get_byte(uuid_send(o.task_id), 15)) % ($22 - $21 + 1) > $22) z
     WHERE e.id = z.id
     RETURNING z.task_id
 ),
@@ -516,9 +516,9 @@ tr AS (
             WHERE e2.task_id = l.id AND e2.status <> 'running' AND e2.retry_at IS NULL
             ORDER BY e2.scheduled_for, e2.attempt
             LIMIT GREATEST(0, l.n_executions + added.n - $11
-                - get_byte(uuid_send(l.id), 15) % ($12 - $11 + 1))) old
+                - (get_byte(uuid_send(l.id), 14) * 256 + get_byte(uuid_send(l.id), 15)) % ($12 - $11 + 1))) old
         WHERE l.n_executions + added.n
-            - get_byte(uuid_send(l.id), 15) % ($12 - $11 + 1) > $12) z
+            - (get_byte(uuid_send(l.id), 14) * 256 + get_byte(uuid_send(l.id), 15)) % ($12 - $11 + 1) > $12) z
     WHERE e.id = z.id
     RETURNING z.task_id
 ),

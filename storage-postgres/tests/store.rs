@@ -959,7 +959,7 @@ async fn recovery_starts_a_queue_held_only_by_a_stray_running_id() {
 }
 
 /// Tasks that run in step do not all trim their history in the same
-/// round: each task's phase (its id's last byte modulo slack + 1) moves its
+/// round: each task's phase (its id's last two bytes modulo slack + 1) moves its
 /// trigger, and every task keeps between `retention` and `retention + 2 ×
 /// slack` executions. Before the phase, the three tasks below trimmed
 /// together at round 23 and every third round after.
@@ -982,7 +982,7 @@ async fn trims_of_tasks_in_step_are_spread() {
             .validate("trim", tickwheel::store::conformance::t0())
             .expect("valid");
         task.id = tickwheel::TaskId::from_uuid(uuid::Uuid::from_u128(
-            0x0190_0000_0000_7000_8000_0000_0000_0000 | (phase << 8) | phase,
+            0x0190_0000_0000_7000_8000_0000_0001_0000 | phase,
         ));
         tasks.push(store.create_task(task).await.expect("create"));
     }

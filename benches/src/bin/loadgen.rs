@@ -8,7 +8,7 @@
 //!     --store memory|postgres://…|redis://… --tasks N --seconds S [--nodes K] \
 //!     [--jitter-ms J] [--schedule EXPR] [--max-concurrent C] [--claim-ahead-ms A] \
 //!     [--timeline] \
-//!     [--lateness-out PATH] [--max-setup-s T] [--warmup-s W] [--create-workers C]
+//!     [--lateness-out PATH] [--max-setup-s T] [--warmup-s W] [--create-workers P]
 //! ```
 //!
 //! Creates N jobs (default schedule `* * * * * *`), starts K scheduler
@@ -35,7 +35,7 @@
 //! The last line printed is one JSON object with those fields, `engine`
 //! first; earlier lines report setup. `--lateness-out PATH` also writes every
 //! lateness sample (ms, one number a line, unsorted) for plotting.
-//! `--create-workers C` (tickwheel only, default 1) creates the jobs from C
+//! `--create-workers P` (tickwheel only, default 1) creates the jobs from P
 //! tokio tasks at once, each a contiguous range of them.
 //! `--max-setup-s T` (default 120) bounds job creation and start-up: past it
 //! the harness prints `{"engine":…,"error":"setup exceeded T s",
@@ -55,8 +55,8 @@
 //!   history; the intended instant is `scheduled_for` plus the task's
 //!   jitter. The only engine that takes `--jitter-ms`, `--max-concurrent`,
 //!   `--claim-ahead-ms` (the schedulers' `claim_ahead`; default theirs,
-//!   100 ms) and `redis://`. On PostgreSQL each run has a schema of its
-//!   own, dropped after the audit.
+//!   100 ms), `--create-workers` and `redis://`. On PostgreSQL each run
+//!   has a schema of its own, dropped after the audit.
 //! - `tokio-cron-scheduler`: one `JobScheduler` per node, each job a cron
 //!   job with a fixed id shared by all nodes. Memory: the nodes share one
 //!   `SimpleMetadataStore` (through a wrapper that serialises access), so
@@ -241,7 +241,7 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
 const USAGE: &str = "loadgen [--engine tickwheel|tokio-cron-scheduler|apalis|delayqueue] \
 --store memory|postgres://…|redis://…[,redis://…] --tasks N --seconds S [--nodes K] \
 [--jitter-ms J] [--schedule EXPR] [--max-concurrent C] [--claim-ahead-ms A] [--timeline] \
-[--lateness-out PATH] [--max-setup-s T] [--warmup-s W] [--create-workers C]
+[--lateness-out PATH] [--max-setup-s T] [--warmup-s W] [--create-workers P]
 
 Creates N jobs firing on EXPR (default every second), runs K scheduler
 instances on one store for a window of S seconds, audits every occurrence

@@ -1003,4 +1003,15 @@ mod tests {
         assert!(store.lock().insert_execution(task.id, &done(5)));
         assert_eq!(kept().await, [5, 4], "once over it is the oldest to go");
     }
+
+    #[test]
+    fn a_stored_task_is_one_160_byte_block() {
+        // The row and the pointer to its run state (the store's docs and
+        // `benches/README.md` count on it).
+        assert!(
+            std::mem::size_of::<TaskRec>() <= 160,
+            "TaskRec is {} bytes",
+            std::mem::size_of::<TaskRec>()
+        );
+    }
 }

@@ -76,6 +76,15 @@ struct PackedPolicy {
     jitter_ms: u32,
 }
 
+// Every value `Policy::validate` accepts fits the packed fields; raising a
+// bound past them must change the packing, not start refusing valid tasks.
+const _: () = assert!(
+    crate::model::MAX_RETRIES <= u8::MAX as u32
+        && crate::model::MAX_BACKOFF_MS <= u32::MAX as u64
+        && crate::model::MAX_TIMEOUT_MS <= u32::MAX as u64
+        && crate::model::MAX_JITTER_MS <= u32::MAX as u64
+);
+
 impl PackedPolicy {
     /// Packs `policy`, refusing one [`Policy::validate`] refuses (only a
     /// task built by hand, not through `NewTask` or `TaskPatch`, can carry

@@ -16,7 +16,7 @@ use crate::{Args, Audit, Counts, Sample, Started, StoreKind};
 /// What the audit needs to read tickwheel's history.
 pub(crate) struct History {
     store: Arc<dyn Store>,
-    /// The tasks' ids in creation order, one vector per creating worker
+    /// The tasks' ids in task order (`load 0`, `load 1`, …), one vector per creating worker
     /// (not joined: that would add a copy of them to the peak RSS).
     ids: Vec<Vec<TaskId>>,
     policy: Policy,
