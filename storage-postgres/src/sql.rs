@@ -51,6 +51,10 @@ pub(crate) struct Sql {
     pub(crate) lock_tasks: String,
 }
 
+/// A task's trim phase before the modulo (crate docs, "Retention"): the
+/// last two bytes of its id `ID`, as a number.
+const TRIM_PHASE: &str = "(get_byte(uuid_send(ID), 14) * 256 + get_byte(uuid_send(ID), 15))";
+
 /// The task columns as written by an insert, `$1`…`$25` in [`TASK_COLUMNS`] order.
 const TASK_VALUES: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
     $16, $17, $18, $19, $20, $21, $22, $23, $24, $25";
@@ -69,6 +73,8 @@ impl Sql {
                 .replace("{task_columns}", TASK_COLUMNS)
                 .replace("{execution_columns}", EXECUTION_COLUMNS)
                 .replace("{task_values}", TASK_VALUES)
+                .replace("{phase o.task_id}", &TRIM_PHASE.replace("ID", "o.task_id"))
+                .replace("{phase l.id}", &TRIM_PHASE.replace("ID", "l.id"))
         };
         Self {
             insert_task: q("WITH i AS (
@@ -375,6 +381,9 @@ tr AS (
     DELETE FROM {s}.executions e USING (
         SELECT old.id, o.task_id
         FROM o LEFT JOIN added a ON a.task_id = o.task_id
+        -- Executions past the task's keep level (retention plus its phase).
+        CROSS JOIN LATERAL (SELECT o.n_executions + COALESCE(a.n, 0) - $21
+            - {phase o.task_id} % ($22 - $21 + 1) AS n) over
         CROSS JOIN LATERAL (
             SELECT e2.id FROM {s}.executions e2
             -- Finished and not awaiting a retry as of the statement's
@@ -383,10 +392,8 @@ tr AS (
             -- wait for a later trim.
             WHERE e2.task_id = o.task_id AND e2.status <> 'running' AND e2.retry_at IS NULL
             ORDER BY e2.scheduled_for, e2.attempt
-            LIMIT GREATEST(0, o.n_executions + COALESCE(a.n, 0) - $21
-                - (get_byte(uuid_send(o.task_id), 14) * 256 + get_byte(uuid_send(o.task_id), 15)) % ($22 - $21 + 1))) old
-        WHERE o.n_executions + COALESCE(a.n, 0)
-            - (get_byte(uuid_send(o.task_id), 14) * 256 + get_byte(uuid_send(o.task_id), 15)) % ($22 - $21 + 1) > $22) z
+            LIMIT GREATEST(0, over.n)) old
+        WHERE over.n > $22 - $21) z
     WHERE e.id = z.id
     RETURNING z.task_id
 ),
@@ -509,16 +516,16 @@ tr AS (
     DELETE FROM {s}.executions e USING (
         SELECT old.id, l.id AS task_id FROM l JOIN g ON g.task_id = l.id
         CROSS JOIN LATERAL (SELECT count(*) AS n FROM q WHERE q.task_id = l.id) added
+        CROSS JOIN LATERAL (SELECT l.n_executions + added.n - $11
+            - {phase l.id} % ($12 - $11 + 1) AS n) over
         CROSS JOIN LATERAL (
             -- As in the claim: what this statement finishes is trimmed by
             -- a later one.
             SELECT e2.id FROM {s}.executions e2
             WHERE e2.task_id = l.id AND e2.status <> 'running' AND e2.retry_at IS NULL
             ORDER BY e2.scheduled_for, e2.attempt
-            LIMIT GREATEST(0, l.n_executions + added.n - $11
-                - (get_byte(uuid_send(l.id), 14) * 256 + get_byte(uuid_send(l.id), 15)) % ($12 - $11 + 1))) old
-        WHERE l.n_executions + added.n
-            - (get_byte(uuid_send(l.id), 14) * 256 + get_byte(uuid_send(l.id), 15)) % ($12 - $11 + 1) > $12) z
+            LIMIT GREATEST(0, over.n)) old
+        WHERE over.n > $12 - $11) z
     WHERE e.id = z.id
     RETURNING z.task_id
 ),

@@ -91,17 +91,14 @@ impl PackedPolicy {
     /// one), so nothing is cut to fit.
     fn new(policy: &Policy) -> Result<Self, Error> {
         policy.validate()?;
-        let small = |field: &'static str, v: u64| {
-            u32::try_from(v).map_err(|_| Error::invalid(field, "out of range"))
-        };
+        // Within the bounds just checked, which the assertion above shows fit.
         Ok(Self {
             misfire: policy.misfire,
             overlap: policy.overlap,
-            max_retries: u8::try_from(policy.max_retries)
-                .map_err(|_| Error::invalid("policy.max_retries", "out of range"))?,
-            retry_backoff_ms: small("policy.retry_backoff_ms", policy.retry_backoff_ms)?,
-            timeout_ms: small("policy.timeout_ms", policy.timeout_ms.unwrap_or(0))?,
-            jitter_ms: small("policy.jitter_ms", policy.jitter_ms)?,
+            max_retries: policy.max_retries as u8,
+            retry_backoff_ms: policy.retry_backoff_ms as u32,
+            timeout_ms: policy.timeout_ms.unwrap_or(0) as u32,
+            jitter_ms: policy.jitter_ms as u32,
         })
     }
 
@@ -144,22 +141,21 @@ impl Row {
                 .as_ref()
                 .map_or("", |n| n.destination.as_str()),
         ];
-        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        for part in parts {
-            text.push_str(part);
-        }
-        if u32::try_from(text.len()).is_err() {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if u32::try_from(total).is_err() {
             return Err(Error::invalid(
                 "task",
                 "text fields add up to 4 GiB or more",
             ));
         }
+        let mut text = String::with_capacity(total);
         let mut ends = [0u32; FIELDS - 1];
-        let mut end = 0;
-        for (slot, part) in ends.iter_mut().zip(parts) {
-            end += part.len();
-            // Below the total, checked above.
-            *slot = end as u32;
+        for (i, part) in parts.into_iter().enumerate() {
+            text.push_str(part);
+            if let Some(end) = ends.get_mut(i) {
+                // Below the total, checked above.
+                *end = text.len() as u32;
+            }
         }
         let mut flags = 0;
         if task.schedule.is_some() {
