@@ -15,34 +15,21 @@
 //!   node as an index into a table of names, error and output behind one
 //!   pointer (allocated only when either is present), and no `duration_ms`
 //!   (it is derived);
-//! - records live in fixed chunks of [`CHUNK`] slots, found by index, and the
-//!   slots of trimmed or deleted records are reused;
-//! - once the first chunk is full, a background thread (`tickwheel-history`)
-//!   allocates each next chunk and writes every page of it before the store
-//!   needs it, keeping up to [`SPARE`] ready. A claim that fills a chunk
-//!   takes a ready one from the thread's channel under the lock (which may
-//!   wake the thread); if none is ready (the thread is behind, or could not
-//!   be started) it allocates an untouched one itself.
+//! - records live in a [`Slab`]: fixed chunks found by index, slots of
+//!   trimmed or deleted records reused, and each next chunk's memory touched
+//!   by a background thread (`tickwheel-history`) before a claim needs it.
+//!   At 100,000 fires a second, [`SPARE`](super::slab::SPARE) ready chunks
+//!   are 0.33 s of history.
 //!
-//! The chunks are never returned to the allocator while the store lives:
-//! the history of deleted tasks is reused by new runs, not given back.
+//! The history of deleted tasks is reused by new runs, not given back to
+//! the allocator.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, sync_channel};
 
 use chrono::{DateTime, Utc};
 
+use super::slab::{Slab, Slot, Vacant};
 use crate::model::{Execution, ExecutionId, ExecutionStatus, TaskId, Trigger};
-
-/// Records a chunk holds: about 850 KB of them.
-pub(crate) const CHUNK: usize = 8192;
-
-/// Chunks the background thread keeps ready (plus the one it holds while
-/// the channel is full): at 100,000 fires a second, 0.33 s of history.
-pub(crate) const SPARE: usize = 4;
-
-/// Where a record lives in the [`History`].
-pub(crate) type Slot = u32;
 
 /// One execution, without what its task already holds.
 #[derive(Debug, Clone)]
@@ -69,9 +56,7 @@ struct Text {
     output: Option<String>,
 }
 
-impl Hist {
-    /// What a slot holds before its first record: every page of a chunk is
-    /// written with it.
+impl Vacant for Hist {
     fn vacant() -> Self {
         Self {
             id: ExecutionId::from_uuid(uuid::Uuid::nil()),
@@ -88,7 +73,9 @@ impl Hist {
             text: None,
         }
     }
+}
 
+impl Hist {
     /// The uniqueness key within the task, which also orders its history.
     pub(crate) fn key(&self) -> (DateTime<Utc>, u32) {
         (self.scheduled_for, self.attempt)
@@ -116,26 +103,21 @@ impl Hist {
 }
 
 /// Every task's execution records, and the names of the nodes that ran them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct History {
-    /// Each of at most [`CHUNK`] records; only the last one has room.
-    chunks: Vec<Vec<Hist>>,
-    /// Slots whose record was removed.
-    free: Vec<Slot>,
+    records: Slab<Hist>,
     nodes: Vec<Box<str>>,
     node_index: HashMap<Box<str>, u32>,
-    prefault: Prefault,
 }
 
-#[derive(Debug, Default)]
-enum Prefault {
-    /// The first chunk is still filling.
-    #[default]
-    NotNeeded,
-    /// Ready chunks come from the background thread.
-    Running(Receiver<Vec<Hist>>),
-    /// The thread could not be started: chunks are allocated in place.
-    Unavailable,
+impl Default for History {
+    fn default() -> Self {
+        Self {
+            records: Slab::new("tickwheel-history"),
+            nodes: Vec::new(),
+            node_index: HashMap::new(),
+        }
+    }
 }
 
 impl History {
@@ -160,35 +142,20 @@ impl History {
                 })
             }),
         };
-        if let Some(slot) = self.free.pop() {
-            *self.get_mut(slot) = record;
-            return slot;
-        }
-        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-            let chunk = self.next_chunk();
-            self.chunks.push(chunk);
-        }
-        let n = self.chunks.len() - 1;
-        let last = &mut self.chunks[n];
-        last.push(record);
-        slot_of(n * CHUNK + last.len() - 1)
+        self.records.insert(record)
     }
 
     pub(crate) fn get(&self, slot: Slot) -> &Hist {
-        let i = slot as usize;
-        &self.chunks[i / CHUNK][i % CHUNK]
+        self.records.get(slot)
     }
 
     pub(crate) fn get_mut(&mut self, slot: Slot) -> &mut Hist {
-        let i = slot as usize;
-        &mut self.chunks[i / CHUNK][i % CHUNK]
+        self.records.get_mut(slot)
     }
 
-    /// Frees `slot` for reuse.
+    /// Frees `slot` for reuse (its text is dropped now).
     pub(crate) fn remove(&mut self, slot: Slot) {
-        // Drops the text now rather than when the slot is reused.
-        self.get_mut(slot).text = None;
-        self.free.push(slot);
+        self.records.remove(slot);
     }
 
     /// The record in `slot` as the execution of `task_id` in `tenant`.
@@ -229,61 +196,13 @@ impl History {
         self.node_index.insert(node.into(), id);
         id
     }
-
-    /// An empty chunk with room for [`CHUNK`] records: a ready one from the
-    /// background thread when there is one.
-    fn next_chunk(&mut self) -> Vec<Hist> {
-        match &self.prefault {
-            Prefault::NotNeeded if self.chunks.is_empty() => {
-                // Grows as it fills: a small store never holds a whole chunk.
-                return Vec::new();
-            }
-            Prefault::NotNeeded => {
-                self.prefault = start_prefaulting();
-            }
-            Prefault::Running(_) | Prefault::Unavailable => {}
-        }
-        if let Prefault::Running(ready) = &self.prefault
-            && let Ok(chunk) = ready.try_recv()
-        {
-            return chunk;
-        }
-        Vec::with_capacity(CHUNK)
-    }
-}
-
-fn slot_of(index: usize) -> Slot {
-    // 2^32 records would be over 400 GB of history.
-    Slot::try_from(index).expect("fewer than 2^32 executions in a memory store")
-}
-
-/// Starts the thread that prepares chunks; it stops when the store (the
-/// receiver) is dropped.
-fn start_prefaulting() -> Prefault {
-    let (ready, receiver) = sync_channel(SPARE);
-    let spawned = std::thread::Builder::new()
-        .name("tickwheel-history".to_owned())
-        .spawn(move || while ready.send(touched_chunk()).is_ok() {});
-    match spawned {
-        Ok(_) => Prefault::Running(receiver),
-        Err(_) => Prefault::Unavailable,
-    }
-}
-
-/// An empty chunk whose memory has been written, so the kernel has already
-/// backed every page of it.
-fn touched_chunk() -> Vec<Hist> {
-    let mut chunk = Vec::with_capacity(CHUNK);
-    chunk.resize(CHUNK, Hist::vacant());
-    std::hint::black_box(&mut chunk);
-    chunk.clear();
-    chunk
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::NewTask;
+    use crate::store::slab::CHUNK;
 
     fn execution(n: u32, node: &str) -> Execution {
         let now = DateTime::from_timestamp(1_893_456_000, 0).unwrap();
@@ -320,25 +239,22 @@ mod tests {
     }
 
     #[test]
-    fn reuses_freed_slots_and_fills_chunks_across_the_prefaulter() {
+    fn interns_node_names_and_frees_a_removed_record_with_its_text() {
         let mut history = History::default();
-        let slots: Vec<Slot> = (0..CHUNK as u32 * 3 + 5)
+        let slots: Vec<Slot> = (0..CHUNK as u32 + 5)
             .map(|n| history.insert(&execution(n, if n % 2 == 0 { "a" } else { "b" })))
             .collect();
-        assert_eq!(history.chunks.len(), 4);
-        assert!(
-            history.chunks.iter().all(|c| c.capacity() == CHUNK),
-            "every chunk has room for exactly CHUNK records"
-        );
         assert_eq!(history.nodes.len(), 2, "node names are interned");
         for (n, slot) in slots.iter().enumerate() {
             assert_eq!(history.get(*slot).attempt, n as u32);
         }
+        history.get_mut(slots[10]).set_error(Some("boom".into()));
         history.remove(slots[10]);
+        assert!(history.get(slots[10]).text.is_none(), "the text is dropped");
         let again = history.insert(&execution(99_999, "c"));
-        assert_eq!(again, slots[10]);
+        assert_eq!(again, slots[10], "a freed slot is used first");
         assert_eq!(history.get(again).attempt, 99_999);
-        assert_eq!(history.chunks.len(), 4, "a freed slot is used first");
+        assert_eq!(history.execution(again, TaskId::new(), "t").node, "c");
     }
 
     #[test]

@@ -31,8 +31,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
-use super::history::{Hist, History, Slot};
+use super::history::{Hist, History};
 use super::row::Row;
+use super::slab::{Slab, Slot};
 use super::{
     Change, ChangeFeed, Claim, ClaimKind, ClaimOutcome, DEFAULT_RETENTION, ExecutionPage,
     ExecutionQuery, Finish, FinishOutcome, MAX_PAGE, Recovered, Store, TaskPage,
@@ -76,8 +77,7 @@ pub struct MemoryStore {
 
 #[derive(Debug)]
 struct Inner {
-    /// Boxed so the map's spare capacity costs a pointer, not a record.
-    tasks: IdMap<TaskId, Box<TaskRec>>,
+    tasks: Tasks,
     by_tenant: HashMap<String, BTreeSet<TaskId>>,
     due: BTreeSet<(DateTime<Utc>, TaskId)>,
     leases: BTreeSet<(DateTime<Utc>, ExecutionId)>,
@@ -89,6 +89,78 @@ struct Inner {
     retention: usize,
     /// Scheduler membership: node name to the end of its heartbeat.
     members: HashMap<String, DateTime<Utc>>,
+}
+
+/// Tasks by id: the records in a [`Slab`] (whose fresh memory a
+/// background thread, `tickwheel-tasks`, touches before a creation needs
+/// it), and their slots in [`ID_SHARDS`] hash maps chosen by a byte of the
+/// id.
+///
+/// One map of a million tasks doubles by rehashing every entry into a fresh
+/// 44 MB table under the store's lock: tens of milliseconds in which no
+/// claim runs, and (the old tables being too large for the allocator to
+/// reuse) a fifth of the memory a million creations first touch. Split, a
+/// doubling moves a sixty-fourth of that, and the freed tables are reused.
+/// The map holds 4-byte slots, not records, so its spare capacity is cheap.
+#[derive(Debug)]
+struct Tasks {
+    slots: Box<[IdMap<TaskId, Slot>]>,
+    records: Slab<Option<TaskRec>>,
+}
+
+/// How many maps [`Tasks`] splits its slots over.
+const ID_SHARDS: usize = 64;
+
+impl Tasks {
+    fn new() -> Self {
+        Self {
+            slots: (0..ID_SHARDS).map(|_| IdMap::default()).collect(),
+            records: Slab::new("tickwheel-tasks"),
+        }
+    }
+
+    /// The map holding `id`: chosen by its byte 14, random in a UUIDv7 and
+    /// a bit [`IdHasher`](crate::model::IdHasher) places above any bucket
+    /// index, so every map still spreads its ids over all its buckets.
+    fn shard(&self, id: &TaskId) -> &IdMap<TaskId, Slot> {
+        &self.slots[shard_of(id)]
+    }
+
+    fn shard_mut(&mut self, id: &TaskId) -> &mut IdMap<TaskId, Slot> {
+        &mut self.slots[shard_of(id)]
+    }
+
+    fn get(&self, id: &TaskId) -> Option<&TaskRec> {
+        let slot = *self.shard(id).get(id)?;
+        self.records.get(slot).as_ref()
+    }
+
+    fn get_mut(&mut self, id: &TaskId) -> Option<&mut TaskRec> {
+        let slot = *self.shard(id).get(id)?;
+        self.records.get_mut(slot).as_mut()
+    }
+
+    fn contains_key(&self, id: &TaskId) -> bool {
+        self.shard(id).contains_key(id)
+    }
+
+    /// Stores `rec` as task `id`, which the caller has checked is new.
+    fn insert(&mut self, id: TaskId, rec: TaskRec) {
+        let slot = self.records.insert(Some(rec));
+        if let Some(old) = self.shard_mut(&id).insert(id, slot) {
+            debug_assert!(false, "task {id} inserted twice");
+            self.records.remove(old);
+        }
+    }
+
+    fn remove(&mut self, id: &TaskId) -> Option<TaskRec> {
+        let slot = self.shard_mut(id).remove(id)?;
+        self.records.remove(slot)
+    }
+}
+
+fn shard_of(id: &TaskId) -> usize {
+    usize::from(id.as_uuid().as_bytes()[14]) % ID_SHARDS
 }
 
 #[derive(Debug)]
@@ -163,7 +235,7 @@ impl MemoryStore {
         let (changes, _) = broadcast::channel(4096);
         Self {
             inner: Arc::new(Mutex::new(Inner {
-                tasks: IdMap::default(),
+                tasks: Tasks::new(),
                 by_tenant: HashMap::new(),
                 due: BTreeSet::new(),
                 leases: BTreeSet::new(),
@@ -543,7 +615,7 @@ impl Store for MemoryStore {
     async fn create_task(&self, task: Task) -> Result<Task, Error> {
         // Packed before the lock is taken: concurrent creates only queue
         // for the indexes.
-        let rec = Box::new(TaskRec::new(&task)?);
+        let rec = TaskRec::new(&task)?;
         let mut inner = self.lock();
         if inner.tasks.contains_key(&task.id) {
             return Err(Error::conflict(format!("task {} already exists", task.id)));
@@ -799,7 +871,10 @@ impl Store for MemoryStore {
             else {
                 continue;
             };
-            let row = &inner.tasks[&task_id].row;
+            // `end_running` found the task.
+            let Some(row) = inner.tasks.get(&task_id).map(|r| &r.row) else {
+                continue;
+            };
             let policy = row.policy();
             let mut e = inner.history.execution(slot, task_id, row.tenant());
             if e.attempt <= policy.max_retries {

@@ -27,6 +27,7 @@
 mod history;
 mod memory;
 mod row;
+mod slab;
 
 #[cfg(feature = "test-utils")]
 pub mod conformance;
