@@ -2,7 +2,8 @@
 //!
 //! Everything lives behind one mutex, held for the few microseconds a call
 //! needs; no call scans all tasks. Indexes:
-//! - tasks by id (hash map), and per tenant in id order (for paging);
+//! - tasks by id (64 hash maps, split by a byte of the id, of slots in a
+//!   slab of task records), and per tenant in id order (for paging);
 //! - enabled tasks by `(next_run, id)` (the due scan);
 //! - running executions by `(lease_until, id)` (recovery), failed attempts by
 //!   `(retry_at, id)` (retries), and the id → task map of those two kinds;
@@ -13,9 +14,11 @@
 //!
 //! Tasks are kept packed ([`Row`]: the claim's fields plain, the policy in
 //! 16 bytes, the text in one allocation), and a task's run state is
-//! allocated at its first execution: a stored task is one 160-byte block
-//! plus its text. With the indexes, a million idle tasks cost about 345
-//! bytes each plus their text (`benches/README.md`). A task whose policy is
+//! allocated at its first execution: a stored task is one 160-byte record
+//! plus its text. The task records and the execution records live in slabs
+//! whose fresh memory a background thread touches ahead of need
+//! (`slab.rs`, which says why). With the indexes, a million idle tasks
+//! cost about 360 bytes each plus their text (`benches/README.md`). A task whose policy is
 //! outside the bounds [`Policy::validate`](crate::Policy::validate) sets
 //! (only one built by hand, not through `NewTask` or `TaskPatch`, can be)
 //! is refused with [`Error::Invalid`] naming the field, rather than stored
@@ -46,12 +49,14 @@ use crate::model::{
 
 /// An in-process store. Cheap to clone (clones share the data).
 ///
-/// Execution history costs about 100 bytes a record plus its error and
-/// output text. Once a store holds more than 8,192 records it starts one
-/// thread, `tickwheel-history`, that prepares the memory for the next
-/// records off the claim path; it ends when the store is dropped. Memory
-/// freed by retention or by deleting tasks is reused for new records, not
-/// returned to the allocator.
+/// A task costs about 360 bytes plus its text, and execution history
+/// about 100 bytes a record plus its error and output text. Once a store
+/// holds more than 8,192 tasks it starts a thread, `tickwheel-tasks`, and
+/// once it holds more than 8,192 execution records another,
+/// `tickwheel-history`: each prepares the memory for the next records off
+/// the store's lock (a few megabytes ahead) and ends when the store is
+/// dropped. Memory freed by retention or by deleting tasks is reused for
+/// new records, not returned to the allocator.
 ///
 /// # Examples
 ///
@@ -1080,13 +1085,46 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_task_is_one_160_byte_block() {
-        // The row and the pointer to its run state (the store's docs and
-        // `benches/README.md` count on it).
-        assert!(
-            std::mem::size_of::<TaskRec>() <= 160,
-            "TaskRec is {} bytes",
-            std::mem::size_of::<TaskRec>()
+    fn a_stored_task_is_one_160_byte_record() {
+        // The row and the pointer to its run state, as a slab slot (the
+        // store's docs and `benches/README.md` count on it).
+        let size = std::mem::size_of::<Option<TaskRec>>();
+        assert!(size <= 160, "a task's slab slot is {size} bytes");
+    }
+
+    #[tokio::test]
+    async fn tasks_spread_over_the_id_maps_and_leave_reusable_slots() {
+        let store = MemoryStore::new();
+        let now = DateTime::from_timestamp(1_893_456_000, 0).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..2_000 {
+            let task = NewTask::cron(format!("t{i}"), "a", "* * * * *")
+                .validate("acme", now)
+                .unwrap();
+            ids.push(store.create_task(task).await.unwrap().id);
+        }
+        {
+            let inner = store.lock();
+            let sizes: Vec<usize> = inner.tasks.slots.iter().map(|m| m.len()).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), 2_000);
+            // 2,000 ids over 64 maps: about 31 each; every map is used.
+            assert!(sizes.iter().all(|&n| n > 5), "{sizes:?}");
+        }
+        for id in &ids[..10] {
+            store.delete_task("acme", *id).await.unwrap();
+        }
+        let again = NewTask::cron("again", "a", "* * * * *")
+            .validate("acme", now)
+            .unwrap();
+        let again = store.create_task(again).await.unwrap();
+        assert_eq!(
+            store.get_task("acme", again.id).await.unwrap().name,
+            "again"
         );
+        assert!(store.get_task("acme", ids[0]).await.is_err());
+        assert_eq!(store.get_task("acme", ids[10]).await.unwrap().name, "t10");
+        let inner = store.lock();
+        let slot = inner.tasks.shard(&again.id)[&again.id];
+        assert!(slot < 2_000, "a freed slot is reused, got {slot}");
     }
 }
