@@ -100,9 +100,14 @@ macro_rules! id_type {
 }
 
 /// A hasher for maps keyed by [`TaskId`] or [`ExecutionId`]: the last 8
-/// bytes of a UUIDv7 are random, so they are their own hash. Ids are made by
-/// the server, never chosen by a client, so this cannot be steered into
-/// collisions.
+/// bytes of the id, mixed. Of those bytes a UUIDv7 from the `uuid` crate
+/// has a counter in the first four (the low part of a 42-bit counter that
+/// goes up by one per id within a millisecond) and random bits in the
+/// other four, so unmixed the low bits, which pick a bucket, repeat across
+/// ids made together: 1M ids in one map took 2.4 times as long to insert
+/// (`benches/README.md`). One multiply and two shifts fold the random half
+/// into every bit. Ids are made by the server, never chosen by a client,
+/// so this cannot be steered into collisions.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct IdHasher(u64);
 
@@ -121,7 +126,8 @@ impl std::hash::Hasher for IdHasher {
     fn write_usize(&mut self, _len: usize) {}
 
     fn finish(&self) -> u64 {
-        self.0
+        let x = (self.0 ^ (self.0 >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^ (x >> 32)
     }
 }
 
@@ -407,24 +413,30 @@ thread_local! {
 
 /// [`Schedule::cron`] in the zone named `timezone`, through [`LAST_CRON`].
 fn compile_cron(expr: &str, timezone: &str) -> Result<Schedule, Error> {
-    LAST_CRON.with(|last| {
-        let mut last = last.borrow_mut();
-        let (last_expr, last_zone, last_schedule) = &mut *last;
-        if let Some(schedule) = *last_schedule
-            && last_expr == expr
-            && last_zone == timezone
-        {
-            return Ok(schedule);
-        }
+    let compile = || {
         let tz = parse_timezone(timezone).map_err(Error::InvalidSchedule)?;
-        let schedule = Schedule::cron(expr, tz).map_err(Error::InvalidSchedule)?;
-        last_expr.clear();
-        last_expr.push_str(expr);
-        last_zone.clear();
-        last_zone.push_str(timezone);
-        *last_schedule = Some(schedule);
-        Ok(schedule)
-    })
+        Schedule::cron(expr, tz).map_err(Error::InvalidSchedule)
+    };
+    // Without the cache while the thread's locals are being torn down.
+    LAST_CRON
+        .try_with(|last| {
+            let mut last = last.borrow_mut();
+            let (last_expr, last_zone, last_schedule) = &mut *last;
+            if let Some(schedule) = *last_schedule
+                && last_expr == expr
+                && last_zone == timezone
+            {
+                return Ok(schedule);
+            }
+            let schedule = compile()?;
+            last_expr.clear();
+            last_expr.push_str(expr);
+            last_zone.clear();
+            last_zone.push_str(timezone);
+            *last_schedule = Some(schedule);
+            Ok(schedule)
+        })
+        .unwrap_or_else(|_| compile())
 }
 
 /// The input of a task creation, before validation.

@@ -5,7 +5,8 @@
 //! the policy in 16 bytes (every bound [`Policy::validate`] sets fits in 32
 //! bits) and packs the nine text fields into one allocation with their end
 //! offsets: 152 bytes plus its text, so that a stored task (the row and
-//! the pointer to its run state) takes one 160-byte allocator block.
+//! the pointer to its run state) takes one 160-byte slot of the store's
+//! task slab.
 //! Reads rebuild a `Task` (they cloned every string before too, so a read
 //! costs what it did).
 //!
@@ -287,7 +288,7 @@ mod tests {
 
     #[test]
     fn is_compact() {
-        // With the store's pointer to the run state: one 160-byte block.
+        // With the store's pointer to the run state: one 160-byte slab slot.
         assert!(
             std::mem::size_of::<Row>() <= 152,
             "Row is {} bytes",

@@ -176,6 +176,10 @@ mod tests {
             .map(|n| slab.insert(Some(n)))
             .collect();
         assert_eq!(slab.chunk_capacities(), vec![CHUNK; 4]);
+        assert!(
+            matches!(slab.prefault, Prefault::Running(_)),
+            "chunks after the first come from the background thread"
+        );
         for (n, slot) in slots.iter().enumerate() {
             assert_eq!(*slab.get(*slot), Some(n as u64));
         }
