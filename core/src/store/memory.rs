@@ -56,8 +56,9 @@ use crate::model::{
 /// than 8,192 execution records another, `tickwheel-history`: each
 /// prepares the memory for the next records off the store's lock, keeps up
 /// to five chunks ready for as long as the store lives (about 6.5 MB of
-/// task records, 4.3 MB of history), and ends when the store is dropped. Memory freed by retention or by deleting tasks is reused for
-/// new records, not returned to the allocator.
+/// task records, 4.3 MB of history), and ends when the store is dropped.
+/// Memory freed by retention or by deleting tasks is reused for new
+/// records, not returned to the allocator.
 ///
 /// # Examples
 ///
