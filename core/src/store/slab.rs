@@ -3,12 +3,12 @@
 //!
 //! The memory store keeps its tasks and its execution records in slabs.
 //! Writing a record to memory the process has never touched makes the
-//! kernel back that page first (zeroing it, and on a VM whose host has
-//! reclaimed the guest's free memory, faulting it in on the host too).
-//! Done under the store's lock, that cost lands on claims and creations:
-//! profiles of the slow claim batches at 100,000 fires a second showed half
-//! their samples there, and creating a million tasks on a VM that had been
-//! idle spent a third of its time there (`benches/README.md`).
+//! kernel back that page first (zeroing it; on a VM whose host has
+//! reclaimed the guest's free memory, likely more). Done under the store's
+//! lock, that cost lands on claims and creations: profiles of the slow
+//! claim batches at 100,000 fires a second showed half their samples
+//! there, and a profile of a million creations on a VM that had been idle,
+//! a third (`benches/README.md`).
 //!
 //! So, once the first chunk is full, a background thread allocates each
 //! next chunk and writes every page of it, keeping up to [`SPARE`] ready.
