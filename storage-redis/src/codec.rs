@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use redis::{RedisError, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tickwheel::{Error, Execution, Overlap, Task};
+use tickwheel::{Error, Execution, ExecutionStatus, Overlap, Task};
 
 pub(crate) const BACKEND: &str = "redis";
 
@@ -163,23 +163,6 @@ fn decode_encoding(c: &[u8]) -> Result<[&[u8]; 7], Error> {
     Ok(parts)
 }
 
-/// An optional text as stored: empty for none, else `=` and the text (so
-/// an empty text is not none).
-pub(crate) fn opt_text(value: Option<&str>) -> String {
-    match value {
-        Some(v) => format!("={v}"),
-        None => String::new(),
-    }
-}
-
-fn parse_opt_text(value: &[u8]) -> Result<Option<String>, Error> {
-    match value.split_first() {
-        None => Ok(None),
-        Some((b'=', rest)) => Ok(Some(text(rest)?)),
-        Some(_) => Err(corrupt("bad optional text")),
-    }
-}
-
 /// A time field that is empty for none.
 fn opt_micros(value: &[u8]) -> Result<Option<DateTime<Utc>>, Error> {
     if value.is_empty() {
@@ -199,47 +182,95 @@ pub(crate) fn trunc_exec(mut e: Execution) -> Execution {
     e
 }
 
-/// An execution from a script's reply: its hash as a flat field/value list
-/// (HGETALL), with `lease` and `id` appended.
-pub(crate) fn exec_from_pairs(pairs: &[Vec<u8>]) -> Result<Execution, Error> {
-    let mut id = None;
-    let mut c = None;
-    let mut status = None;
-    let mut fence = None;
-    let mut lease_until = None;
-    let mut finished_at = None;
-    let mut error = None;
-    let mut output = None;
-    let mut retry_at = None;
-    let mut started_at = None;
-    for pair in pairs.chunks(2) {
-        let [name, value] = pair else {
-            return Err(corrupt("odd execution field list"));
-        };
-        match name.as_slice() {
-            b"id" => id = Some(value.as_slice()),
-            b"c" => c = Some(value.as_slice()),
-            b"st" => status = Some(parse_name(value)?),
-            b"fence" => fence = Some(number(value)?),
-            b"lease" => lease_until = opt_micros(value)?,
-            b"fa" => finished_at = opt_micros(value)?,
-            // The actual start a finish reported (the encoding keeps the
-            // claim's).
-            b"sa" => started_at = opt_micros(value)?,
-            b"err" => error = parse_opt_text(value)?,
-            b"out" => output = parse_opt_text(value)?,
-            b"retry" => retry_at = opt_micros(value)?,
-            _ => {}
-        }
+/// The lease member of a running execution: `<id>|<fence>|<tracked>|<c>`
+/// (`tracked`: its end updates its task), `c` as [`exec_encoding`].
+pub(crate) fn lease_member(e: &Execution, tracked: bool) -> String {
+    let c = exec_encoding(e);
+    let mut out = String::with_capacity(c.len() + 44);
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{}|{}|{}|{c}", e.id, e.fence, u8::from(tracked));
+    out
+}
+
+/// The error and output part of a record: `<error length>|<output
+/// length>|<error><output>`, a length empty for none.
+pub(crate) fn record_tail(error: Option<&str>, output: Option<&str>) -> String {
+    let len = |t: Option<&str>| t.map(|t| t.len().to_string()).unwrap_or_default();
+    let mut out =
+        String::with_capacity(16 + error.map_or(0, str::len) + output.map_or(0, str::len));
+    out.push_str(&len(error));
+    out.push('|');
+    out.push_str(&len(output));
+    out.push('|');
+    out.push_str(error.unwrap_or_default());
+    out.push_str(output.unwrap_or_default());
+    out
+}
+
+/// Splits `n` `|`-terminated fields off the front of `s`.
+fn fields<const N: usize>(mut s: &[u8]) -> Result<([&[u8]; N], &[u8]), Error> {
+    let mut out: [&[u8]; N] = [&[]; N];
+    for part in &mut out {
+        let bar = s
+            .iter()
+            .position(|&b| b == b'|')
+            .ok_or_else(|| corrupt("bad execution record"))?;
+        *part = &s[..bar];
+        s = &s[bar + 1..];
     }
-    let missing = |what: &str| corrupt(format!("execution without {what}"));
-    let id = id.ok_or_else(|| missing("its id"))?;
-    let c = c.ok_or_else(|| missing("its encoding"))?;
-    let [task, attempt, trigger, sf, sa, tenant, node] = decode_encoding(c)?;
-    let started_at = match started_at {
-        Some(at) => at,
-        None => parse_micros(sa)?,
+    Ok((out, s))
+}
+
+/// A running execution from its lease member and the member's score (its
+/// lease end; `inf` for none).
+pub(crate) fn exec_from_member(member: &[u8], lease: &[u8]) -> Result<Execution, Error> {
+    let ([id, fence, _tracked], c) = fields::<3>(member)?;
+    let lease_until = if lease == b"inf" {
+        None
+    } else {
+        Some(parse_micros(lease)?)
     };
+    let [task, attempt, trigger, sf, sa, tenant, node] = decode_encoding(c)?;
+    Ok(Execution {
+        id: text(id)?.parse().map_err(|_| corrupt("bad execution id"))?,
+        task_id: text(task)?.parse().map_err(|_| corrupt("bad task id"))?,
+        tenant: text(tenant)?,
+        scheduled_for: parse_micros(sf)?,
+        started_at: parse_micros(sa)?,
+        finished_at: None,
+        duration_ms: None,
+        attempt: number(attempt)?,
+        status: ExecutionStatus::Running,
+        error: None,
+        output: None,
+        node: text(node)?,
+        trigger: parse_name(trigger)?,
+        lease_until,
+        fence: number(fence)?,
+        retry_at: None,
+    })
+}
+
+/// An ended execution from its record (layout in `scripts`).
+pub(crate) fn exec_from_record(rec: &[u8]) -> Result<Execution, Error> {
+    let ([id, status, fence, fa, sa, retry, el, ol], rest) = fields::<8>(rec)?;
+    let len = |l: &[u8]| -> Result<Option<usize>, Error> {
+        if l.is_empty() {
+            Ok(None)
+        } else {
+            number(l).map(Some)
+        }
+    };
+    let (el, ol) = (len(el)?, len(ol)?);
+    let bad = || corrupt("bad execution record");
+    let (error, rest) = rest.split_at_checked(el.unwrap_or(0)).ok_or_else(bad)?;
+    let (output, c) = rest.split_at_checked(ol.unwrap_or(0)).ok_or_else(bad)?;
+    let [task, attempt, trigger, sf, claimed, tenant, node] = decode_encoding(c)?;
+    let started_at = match opt_micros(sa)? {
+        Some(at) => at,
+        None => parse_micros(claimed)?,
+    };
+    let finished_at = opt_micros(fa)?;
     Ok(Execution {
         id: text(id)?.parse().map_err(|_| corrupt("bad execution id"))?,
         task_id: text(task)?.parse().map_err(|_| corrupt("bad task id"))?,
@@ -249,15 +280,25 @@ pub(crate) fn exec_from_pairs(pairs: &[Vec<u8>]) -> Result<Execution, Error> {
         finished_at,
         duration_ms: finished_at.map(|fa| duration_ms(started_at, fa)),
         attempt: number(attempt)?,
-        status: status.ok_or_else(|| missing("status"))?,
-        error,
-        output,
+        status: parse_name(status)?,
+        error: el.map(|_| text(error)).transpose()?,
+        output: ol.map(|_| text(output)).transpose()?,
         node: text(node)?,
         trigger: parse_name(trigger)?,
-        lease_until,
-        fence: fence.ok_or_else(|| missing("fence"))?,
-        retry_at,
+        lease_until: None,
+        fence: number(fence)?,
+        retry_at: opt_micros(retry)?,
     })
+}
+
+/// An execution from a script's reply item: `[record]`, or `[member,
+/// lease]` for a running one.
+pub(crate) fn exec_from_reply(items: &[Vec<u8>]) -> Result<Execution, Error> {
+    match items {
+        [rec] => exec_from_record(rec),
+        [member, lease] => exec_from_member(member, lease),
+        _ => Err(corrupt("bad execution reply")),
+    }
 }
 
 /// Whole milliseconds from `from` to `to` (0 if `to` is earlier), from the
@@ -380,7 +421,7 @@ mod tests {
     use tickwheel::{ExecutionStatus, NewTask, Trigger};
 
     #[test]
-    fn execution_fields_round_trip() {
+    fn execution_records_round_trip() {
         let now: DateTime<Utc> = "2030-01-01T00:00:00.123456789Z".parse().unwrap();
         let mut task = NewTask::cron("n", "a", "* * * * *")
             .validate("t{x}|\"12:", now)
@@ -403,34 +444,56 @@ mod tests {
         e.finished_at = Some(now + chrono::Duration::microseconds(7_999));
         e.duration_ms = Some(7);
         let e = trunc_exec(e);
-        let fields: Vec<(&str, String)> = vec![
-            ("c", exec_encoding(&e)),
-            ("st", name_of(&e.status)),
-            ("fence", e.fence.to_string()),
-            ("fa", e.finished_at.map(micros).unwrap_or_default()),
-            ("err", opt_text(e.error.as_deref())),
-            ("out", opt_text(e.output.as_deref())),
-            ("retry", e.retry_at.map(micros).unwrap_or_default()),
-            ("lease", e.lease_until.map(micros).unwrap_or_default()),
-            ("id", e.id.to_string()),
-        ];
-        let flat: Vec<Vec<u8>> = fields
-            .into_iter()
-            .flat_map(|(k, v)| [k.as_bytes().to_vec(), v.into_bytes()])
-            .collect();
-        assert_eq!(exec_from_pairs(&flat).unwrap(), e);
+        // The record a script writes for it.
+        let rec = |e: &Execution| {
+            format!(
+                "{}|{}|{}|{}||{}|{}{}",
+                e.id,
+                name_of(&e.status),
+                e.fence,
+                e.finished_at.map(micros).unwrap_or_default(),
+                e.retry_at.map(micros).unwrap_or_default(),
+                record_tail(e.error.as_deref(), e.output.as_deref()),
+                exec_encoding(e)
+            )
+        };
+        let mut ended = e.clone();
+        ended.lease_until = None;
+        assert_eq!(exec_from_record(rec(&ended).as_bytes()).unwrap(), ended);
         assert_eq!(e.started_at.timestamp_subsec_nanos(), 123_456_000);
-        let mut none = flat.clone();
-        none[9] = Vec::new();
-        assert_eq!(exec_from_pairs(&none).unwrap().error, None);
+        let mut none = ended.clone();
+        none.error = None;
+        none.output = None;
+        assert_eq!(exec_from_record(rec(&none).as_bytes()).unwrap(), none);
         // The duration counts from the actual start when one is stored,
         // and is never negative.
-        let mut later = flat.clone();
-        later.extend([
-            b"sa".to_vec(),
-            micros(now + chrono::Duration::seconds(1)).into_bytes(),
-        ]);
-        assert_eq!(exec_from_pairs(&later).unwrap().duration_ms, Some(0));
+        let later = rec(&ended).replacen(
+            "||",
+            &format!("|{}|", micros(now + chrono::Duration::seconds(1))),
+            1,
+        );
+        assert_eq!(
+            exec_from_record(later.as_bytes()).unwrap().duration_ms,
+            Some(0)
+        );
+        assert!(exec_from_record(b"x|succeeded|1|").is_err());
+        // A running one reads back from its lease member and score.
+        let mut running = e.clone();
+        running.status = ExecutionStatus::Running;
+        (running.error, running.output, running.retry_at) = (None, None, None);
+        (running.finished_at, running.duration_ms) = (None, None);
+        let member = lease_member(&running, true);
+        let lease = running.lease_until.map(micros).unwrap();
+        assert_eq!(
+            exec_from_member(member.as_bytes(), lease.as_bytes()).unwrap(),
+            running
+        );
+        assert_eq!(
+            exec_from_member(member.as_bytes(), b"inf")
+                .unwrap()
+                .lease_until,
+            None
+        );
     }
 
     #[test]

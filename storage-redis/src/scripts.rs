@@ -14,33 +14,52 @@
 //! any bytes are fine.
 //!
 //! Layout under the base `B` (see the crate docs): `B:t:<task>` task hash,
-//! `B:h:<task>` its history (score `scheduled_for`, member `<attempt, 10
-//! digits>:<execution id>`), `B:x:<execution>` execution hash, `B:due` /
-//! `B:leases` / `B:retry` the partition's due, lease and retry indexes,
-//! `B:tn:<tenant>` the tenant's tasks in this partition (score 0, member
-//! the id, so lexical = id order).
+//! `B:l:<task>` its finished executions (a list, the latest to finish
+//! first), `B:due` / `B:leases` / `B:retry` the partition's due, lease and
+//! retry indexes, `B:tn:<tenant>` the tenant's tasks in this partition
+//! (score 0, member the id, so lexical = id order).
 //!
-//! An execution hash holds `c`, its immutable part, and the mutable fields
-//! `st` (status) and `fence`, then as they apply `fa` (finished_at), `err`,
-//! `out`, `retry` (retry_at), `sa` (the actual start a finish reported) and
-//! `tb` (`1`: its end updates its task, see the crate docs). A missing
-//! field is "none"; `err` / `out` are stored as `=` and the text, so an
-//! empty text is not "none". The lease of a running execution is its score
-//! in `B:leases`, nowhere else, and its duration is not stored (the client
-//! computes it from the start and finish times, as the scripts did). `c` is
-//! `<task id> <attempt, 10 digits> <trigger> <scheduled_for> <started_at> `
-//! then the tenant and the node, each as its length in bytes, `:` and the
-//! bytes: the client writes it with the claim, scripts write it for the
-//! runs they start (missed records, queued occurrences) and read the
-//! first three fields back on the uncommon paths (retries, recovery,
-//! re-sent claims, runs that update their task).
+//! An execution is one string, in one place at a time:
+//!
+//! - running: a member of `B:leases`, scored by its lease end (`+inf` for
+//!   none), `<id>|<fence>|<tracked>|<c>`; `tracked` is `1` when its end
+//!   updates its task (see `bk` below);
+//! - finished: a *record* in its task's list,
+//!   `<id>|<status>|<fence>|<finished_at>|<actual start>|<retry_at>|<error
+//!   length>|<output length>|<error><output><c>`, where an empty length
+//!   means none and an empty actual start means the one in `c`;
+//! - failed and awaiting a retry: the record (with its `retry_at`) in the
+//!   task hash's field `w:<id>` and as a member of `B:retry` scored by
+//!   `retry_at`, until the retry is claimed and the record, its `retry_at`
+//!   cleared, joins the list.
+//!
+//! `c` is the immutable part, `<task id> <attempt, 10 digits> <trigger>
+//! <scheduled_for> <started_at> ` then the tenant and the node, each as its
+//! length in bytes, `:` and the bytes: the client writes it with the claim,
+//! scripts write it for the runs they start (missed records, queued
+//! occurrences) and read the first four fields back on the uncommon paths.
+//! Durations are not stored: the client computes them from the start and
+//! finish times.
+//!
+//! The list is trimmed to the retention once it is an eighth longer, and
+//! only its first `retention` records are read: a history holds the
+//! `retention` latest executions to finish, plus those running or awaiting
+//! a retry.
 //!
 //! The task hash's `run` field lists its running executions
-//! (comma-separated ids), `q` its queued occurrence
-//! (`sf|attempt|trigger|execution id`, empty for none), `hs` the highest
-//! scheduled_for in its history (so that inserting a later one needs no
-//! uniqueness lookup), `bk` is `1` when its runs are tracked there (its
-//! overlap policy is not `allow` or it is a one-time task).
+//! (comma-separated ids) and `r:<id>` holds each one's lease member, `q`
+//! its queued occurrence (`sf|attempt|trigger|execution id`, empty for
+//! none), `hs` the highest scheduled_for it ever started or recorded (so
+//! that starting a later one needs no uniqueness lookup), `bk` is `1` when
+//! its runs are tracked there (its overlap policy is not `allow` or it is a
+//! one-time task).
+//!
+//! The uncommon paths (an occurrence no later than `hs`, a history read, a
+//! task's deletion, an execution another store instance started) find a
+//! task's running executions by scanning the partition's lease index
+//! (`ZSCAN ... MATCH`): their cost grows with the executions running in
+//! the partition, which keeps the common path at four commands per run
+//! plus a share of batched index updates.
 //!
 //! Each script is its body behind only the helpers it uses: Redis runs the
 //! whole chunk on every call, so every helper defined costs each call.
@@ -49,21 +68,35 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Every script starts with this: the retention and the partition's keys.
+/// Every script starts with this: the retention, the partition's keys and
+/// the batched index writes.
 const BASE: &str = r#"
 local RETENTION = tonumber(ARGV[2])
--- The partition's key base and index keys; batch scripts switch partitions
--- per item with use_base.
+-- Lease and due index additions wait here and go in one ZADD each, when
+-- the partition changes, before anything reads those indexes, and at the
+-- end.
+local due_add, lease_add = {}, {}
 local B, DUE, LEASES, RETRY
+local function flush()
+  if #due_add > 0 then
+    redis.call('ZADD', DUE, unpack(due_add))
+    due_add = {}
+  end
+  if #lease_add > 0 then
+    redis.call('ZADD', LEASES, unpack(lease_add))
+    lease_add = {}
+  end
+end
+-- Switches to the partition with key base `base` (batch scripts, per item).
 local function use_base(base)
   if base == B then return end
+  flush()
   B = base
   DUE, LEASES, RETRY = base .. ':due', base .. ':leases', base .. ':retry'
 end
 use_base(ARGV[1])
 local function tkey(tid) return B .. ':t:' .. tid end
-local function hkey(tid) return B .. ':h:' .. tid end
-local function xkey(eid) return B .. ':x:' .. eid end
+local function lkey(tid) return B .. ':l:' .. tid end
 local function none(v) return (not v) or v == '' end
 "#;
 
@@ -72,36 +105,52 @@ const FMT: &str = r#"
 local function fmt(n) return string.format('%d', n) end
 "#;
 
-/// Reading an execution back.
+/// Reading executions: members, records and the encoding.
 const EXEC_READ: &str = r#"
--- An execution as a flat field/value list (HGETALL, its lease if it is
--- running, its id).
-local function exec_reply(eid)
-  local f = redis.call('HGETALL', xkey(eid))
-  for k = 1, #f, 2 do
-    if f[k] == 'st' then
-      if f[k + 1] == 'running' then
-        local lease = redis.call('ZSCORE', LEASES, eid)
-        if lease then
-          f[#f + 1] = 'lease'
-          f[#f + 1] = lease
-        end
-      end
-      break
-    end
-  end
-  f[#f + 1] = 'id'
-  f[#f + 1] = eid
-  return f
+-- A lease member's id, fence, tracked flag and encoding.
+local function member_parts(m)
+  return string.match(m, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
 end
 
--- The task id, attempt and trigger of an execution from its encoding `c`.
+-- The task id, attempt, trigger and scheduled_for of an encoding `c`.
 local function exec_meta(c)
-  return string.match(c, '^(%S+) (%S+) (%S+) ')
+  return string.match(c, '^(%S+) (%S+) (%S+) (%S+) ')
+end
+
+-- A record's id, status, fence, finished_at, retry_at and encoding.
+local function rec_parts(r)
+  local eid, st, fence, fa, _, retry, el, ol, pos =
+    string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|()')
+  local skip = 0
+  if el ~= '' then skip = skip + tonumber(el) end
+  if ol ~= '' then skip = skip + tonumber(ol) end
+  return eid, st, fence, fa, retry, string.sub(r, pos + skip)
+end
+
+-- The running executions of task `tid` in this partition, as {member,
+-- lease score} pairs, from a scan of the lease index.
+local function running_of(tid)
+  flush()
+  local out, seen = {}, {}
+  local cursor = '0'
+  repeat
+    local r = redis.call('ZSCAN', LEASES, cursor, 'MATCH', '*|' .. tid .. ' *', 'COUNT', 1000)
+    cursor = r[1]
+    local f = r[2]
+    for k = 1, #f, 2 do
+      local m = f[k]
+      if not seen[m] then
+        seen[m] = true
+        local _, _, _, c = member_parts(m)
+        if exec_meta(c) == tid then out[#out + 1] = {m, f[k + 1]} end
+      end
+    end
+  until cursor == '0'
+  return out
 end
 "#;
 
-/// Writing executions: insert (with the retention trim) and end.
+/// Writing executions.
 const EXEC_WRITE: &str = r#"
 -- The encoding `c` of an execution a script starts.
 local function encode(tid, att, trig, sf, sa, tn, node)
@@ -109,90 +158,92 @@ local function encode(tid, att, trig, sf, sa, tn, node)
     .. #node .. ':' .. node
 end
 
--- Drops the oldest finished executions of history `h` beyond the
--- retention; running ones and failed ones awaiting a retry are kept
--- whatever their age. In the steady state (the history at its limit, one
--- execution just added) the one to drop is the oldest: it is popped
--- directly, and the loop only runs when it has to be kept.
-local function trim(h)
-  local excess = redis.call('ZCARD', h) - RETENTION
-  if excess <= 0 then return end
-  if excess == 1 then
-    local oldest = redis.call('ZPOPMIN', h)
-    local x = xkey(string.sub(oldest[1], 12))
-    local st, retry = unpack(redis.call('HMGET', x, 'st', 'retry'))
-    if st ~= 'running' and none(retry) then
-      redis.call('DEL', x)
-      return
-    end
-    redis.call('ZADD', h, oldest[2], oldest[1])
-  end
-  local doomed = {}
-  local start = 0
-  local size = excess + 1
-  while #doomed < excess do
-    local chunk = redis.call('ZRANGE', h, start, start + size - 1)
-    if #chunk == 0 then break end
-    for _, m in ipairs(chunk) do
-      local x = xkey(string.sub(m, 12))
-      local st, retry = unpack(redis.call('HMGET', x, 'st', 'retry'))
-      if st ~= 'running' and none(retry) then
-        doomed[#doomed + 1] = m
-        if #doomed >= excess then break end
-      end
-    end
-    start = start + size
-    size = 64
-  end
-  for _, m in ipairs(doomed) do
-    redis.call('ZREM', h, m)
-    redis.call('DEL', xkey(string.sub(m, 12)))
+-- The `<error length>|<output length>|<error><output>` part of a record
+-- with error text `why` and no output.
+local function why_tail(why)
+  return #why .. '||' .. why
+end
+
+-- A record (see the module docs); `tail` as from why_tail.
+local function record(eid, st, fence, fa, sa, retry, tail, c)
+  return eid .. '|' .. st .. '|' .. fence .. '|' .. fa .. '|' .. sa .. '|' .. retry .. '|' .. tail
+    .. c
+end
+
+-- Adds a finished record to task `tid`'s history, trimming it to the
+-- retention once it is an eighth longer.
+local function push(tid, rec)
+  local l = lkey(tid)
+  if redis.call('LPUSH', l, rec) > RETENTION + math.floor(RETENTION / 8) then
+    redis.call('LTRIM', l, 0, RETENTION - 1)
   end
 end
 
--- Inserts execution `id` of task `tid`, whose history's highest
--- scheduled_for is `hs` (its task's field, nil for an empty history):
--- scheduled_for `sf`, attempt `att` (10 digits), status `st`, `fence`,
--- encoding `c`, lease_until `lease` ('' none) and the further field/value
--- list `extra` (or nil). Returns the history's new highest scheduled_for,
--- which the caller writes to the task, or false if (scheduled_for,
--- attempt) is taken. Only an occurrence at or before `hs` can be taken, so
--- the usual insert, of a new latest occurrence, looks nothing up.
-local function insert_exec(tid, hs, id, sf, att, st, fence, c, lease, extra)
-  local h = hkey(tid)
+-- Whether task `tid` has an execution of (scheduled_for `sf`, attempt
+-- `att`): in its history, awaiting a retry or running.
+local function taken(tid, sf, att)
+  local function same(c)
+    local _, a, _, s = exec_meta(c)
+    return a == att and s == sf
+  end
+  for _, r in ipairs(redis.call('LRANGE', lkey(tid), 0, -1)) do
+    local _, _, _, _, _, c = rec_parts(r)
+    if same(c) then return true end
+  end
+  local f = redis.call('HGETALL', tkey(tid))
+  for k = 1, #f, 2 do
+    if string.sub(f[k], 1, 2) == 'w:' then
+      local _, _, _, _, _, c = rec_parts(f[k + 1])
+      if same(c) then return true end
+    end
+  end
+  for _, pair in ipairs(running_of(tid)) do
+    local _, _, _, c = member_parts(pair[1])
+    if same(c) then return true end
+  end
+  return false
+end
+
+-- The task's highest scheduled_for after adding an execution of (`sf`,
+-- `att`) to a task whose highest is `hs` (nil: none yet), or false if that
+-- pair is taken. Only an occurrence at or before `hs` can be taken, so the
+-- usual start, of a new latest occurrence, looks nothing up.
+local function admit(tid, hs, sf, att)
   if hs and tonumber(sf) <= tonumber(hs) then
-    local prefix = att .. ':'
-    for _, m in ipairs(redis.call('ZRANGEBYSCORE', h, sf, sf)) do
-      if string.sub(m, 1, 11) == prefix then return false end
-    end
-  else
-    hs = sf
+    if taken(tid, sf, att) then return false end
+    return hs
   end
-  if extra then
-    redis.call('HSET', xkey(id), 'c', c, 'st', st, 'fence', fence, unpack(extra))
-  else
-    redis.call('HSET', xkey(id), 'c', c, 'st', st, 'fence', fence)
-  end
-  redis.call('ZADD', h, sf, att .. ':' .. id)
-  if st == 'running' and lease ~= '' then
-    redis.call('ZADD', LEASES, lease, id)
-  end
-  trim(h)
-  return hs
+  return sf
 end
 
--- Ends a running execution (its task's `run` list is the caller's to
--- update): its lease dropped, status, fence bump, finish time, the error
--- (encoded: '' none, else '=' and the text) and the further field/value
--- pairs `...` written.
-local function end_running(eid, fence, status, fa, err, ...)
-  redis.call('ZREM', LEASES, eid)
-  if err == '' then
-    redis.call('HSET', xkey(eid), 'st', status, 'fence', fmt(tonumber(fence) + 1), 'fa', fa, ...)
+-- Starts execution `id` (`tracked` '1' or '0'); its lease addition is
+-- batched. Returns the new highest scheduled_for (or false, see admit) and
+-- the lease member.
+local function start_exec(tid, hs, id, sf, att, fence, c, lease, tracked)
+  hs = admit(tid, hs, sf, att)
+  if not hs then return false end
+  local m = id .. '|' .. fence .. '|' .. tracked .. '|' .. c
+  if lease == '' then lease = '+inf' end
+  lease_add[#lease_add + 1] = lease
+  lease_add[#lease_add + 1] = m
+  return hs, m
+end
+
+-- Ends the running execution with lease member `m` of task `tid` (whose
+-- hash is known to exist): its lease dropped, its record (`status`, fence
+-- bumped, finished at `fa`, actual start `sa`, `retry` ('' none), `tail`)
+-- in the history or, with a retry, awaiting it. Returns the record.
+local function end_exec(tid, m, status, fa, sa, retry, tail)
+  local eid, fence, _, c = member_parts(m)
+  redis.call('ZREM', LEASES, m)
+  local rec = record(eid, status, fmt(tonumber(fence) + 1), fa, sa, retry, tail, c)
+  if retry == '' then
+    push(tid, rec)
   else
-    redis.call('HSET', xkey(eid), 'st', status, 'fence', fmt(tonumber(fence) + 1), 'fa', fa,
-      'err', err, ...)
+    redis.call('HSET', tkey(tid), 'w:' .. eid, rec)
+    redis.call('ZADD', RETRY, retry, rec)
   end
+  return rec
 end
 "#;
 
@@ -215,15 +266,16 @@ end
 
 /// What follows the end of a run that updates its task (FINISH, RECOVER).
 const AFTER_END: &str = r#"
--- After a running execution of a task ended: drop it from the task's
--- running list, settle a one-time task (`completed`, or `failed` when no
--- retry follows), and start the queued occurrence if nothing else runs.
--- Returns the id of the execution started, or nil.
+-- After a tracked running execution of a task ended: drop it from the
+-- task's running list, settle a one-time task (`completed`, or `failed`
+-- when no retry follows), and start the queued occurrence if nothing else
+-- runs. Returns the started execution's lease member and lease, or nil.
 local function after_end(tid, eid, trig, status, retry, node, now, lease)
   local t = tkey(tid)
   local run, cr, q, tn, rv, hs =
     unpack(redis.call('HMGET', t, 'run', 'cr', 'q', 'tn', 'rv', 'hs'))
   if not tn then return nil end
+  redis.call('HDEL', t, 'r:' .. eid)
   run = run_remove(run, eid)
   local set = {}
   if trig ~= 'manual' and none(retry) and cr == '0' then
@@ -240,16 +292,22 @@ local function after_end(tid, eid, trig, status, retry, node, now, lease)
     set[#set + 1] = 'lr'
     set[#set + 1] = now
     local c = encode(tid, att, qtrig, sf, now, tn, node)
-    hs = insert_exec(tid, hs, id, sf, att, 'running', '1', c, lease, {'tb', '1'})
-    if hs then
+    local new_hs, m = start_exec(tid, hs, id, sf, att, '1', c, lease, '1')
+    if new_hs then
       set[#set + 1] = 'hs'
-      set[#set + 1] = hs
+      set[#set + 1] = new_hs
+      set[#set + 1] = 'r:' .. id
+      set[#set + 1] = m
       run = id
-      started = id
+      started = m
     end
   end
   redis.call('HSET', t, 'run', run, unpack(set))
-  return started
+  if started then
+    flush()
+    return started, redis.call('ZSCORE', LEASES, started)
+  end
+  return nil
 end
 "#;
 
@@ -334,48 +392,6 @@ redis.call('PUBLISH', channel, msg)
 return 'ok'
 "#;
 
-/// Updates a task if it is still as read: the same revision (bumped by
-/// updates and by the runs that settle a one-time task) and the same
-/// next_run (which claims move). ARGV[3..]: id, tenant, seen revision, seen
-/// next_run ("" none), d, next_run ("" none), version, enabled, status,
-/// overlap, max_retries, backoff_ms, is_cron, bookkeeping, channel,
-/// message. Returns `ok`, `notfound` or `retry` (the task moved on since it
-/// was read).
-const UPDATE: &str = r#"
-local tid, tn, seen, seen_nr, d, nr, v, en, st, ov, mr, bo, cr, bk, channel, msg =
-  ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11],
-  ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18]
-local t = tkey(tid)
-local owner, rv, old_nr, old_bk = unpack(redis.call('HMGET', t, 'tn', 'rv', 'nr', 'bk'))
-if owner ~= tn then return 'notfound' end
-if rv ~= seen or (old_nr or '') ~= seen_nr then return 'retry' end
-if bk == '1' and old_bk ~= '1' then
-  -- Runs started while the task needed no bookkeeping are not listed:
-  -- list them now, and have their ends update the task.
-  local running = {}
-  for _, m in ipairs(redis.call('ZRANGE', hkey(tid), 0, -1)) do
-    local eid = string.sub(m, 12)
-    if redis.call('HGET', xkey(eid), 'st') == 'running' then
-      redis.call('HSET', xkey(eid), 'tb', '1')
-      running[#running + 1] = eid
-    end
-  end
-  redis.call('HSET', t, 'run', table.concat(running, ','))
-end
-redis.call('HSET', t, 'd', d, 'v', v, 'en', en, 'st', st, 'ov', ov, 'mr', mr, 'bo', bo,
-  'cr', cr, 'bk', bk)
-redis.call('HINCRBY', t, 'rv', 1)
-redis.call('ZREM', DUE, tid)
-if nr ~= '' then
-  redis.call('HSET', t, 'nr', nr)
-  if en == '1' then redis.call('ZADD', DUE, nr, tid) end
-else
-  redis.call('HDEL', t, 'nr')
-end
-redis.call('PUBLISH', channel, msg)
-return 'ok'
-"#;
-
 /// One page of the due index after a `(next_run, id)` key. ARGV[3..]:
 /// after time ("" from the start), after id, horizon, limit. Returns a flat
 /// list of (id, score).
@@ -397,20 +413,67 @@ if stop < start then return {} end
 return redis.call('ZRANGE', DUE, start, stop, 'WITHSCORES')
 "#;
 
+/// Updates a task if it is still as read: the same revision (bumped by
+/// updates and by the runs that settle a one-time task) and the same
+/// next_run (which claims move). ARGV[3..]: id, tenant, seen revision, seen
+/// next_run ("" none), d, next_run ("" none), version, enabled, status,
+/// overlap, max_retries, backoff_ms, is_cron, bookkeeping, channel,
+/// message. Returns `ok`, `notfound` or `retry` (the task moved on since it
+/// was read).
+const UPDATE: &str = r#"
+local tid, tn, seen, seen_nr, d, nr, v, en, st, ov, mr, bo, cr, bk, channel, msg =
+  ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11],
+  ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18]
+local t = tkey(tid)
+local owner, rv, old_nr, old_bk = unpack(redis.call('HMGET', t, 'tn', 'rv', 'nr', 'bk'))
+if owner ~= tn then return 'notfound' end
+if rv ~= seen or (old_nr or '') ~= seen_nr then return 'retry' end
+if bk == '1' and old_bk ~= '1' then
+  -- Runs started while the task needed no bookkeeping are not listed:
+  -- list them now, and have their ends update the task (their lease
+  -- members are rewritten as tracked).
+  local running = {}
+  for _, pair in ipairs(running_of(tid)) do
+    local m, lease = pair[1], pair[2]
+    local eid, fence, tracked, c = member_parts(m)
+    if tracked ~= '1' then
+      redis.call('ZREM', LEASES, m)
+      m = eid .. '|' .. fence .. '|1|' .. c
+      redis.call('ZADD', LEASES, lease, m)
+    end
+    redis.call('HSET', t, 'r:' .. eid, m)
+    running[#running + 1] = eid
+  end
+  redis.call('HSET', t, 'run', table.concat(running, ','))
+end
+redis.call('HSET', t, 'd', d, 'v', v, 'en', en, 'st', st, 'ov', ov, 'mr', mr, 'bo', bo,
+  'cr', cr, 'bk', bk)
+redis.call('HINCRBY', t, 'rv', 1)
+redis.call('ZREM', DUE, tid)
+if nr ~= '' then
+  redis.call('HSET', t, 'nr', nr)
+  if en == '1' then redis.call('ZADD', DUE, nr, tid) end
+else
+  redis.call('HDEL', t, 'nr')
+end
+redis.call('PUBLISH', channel, msg)
+return 'ok'
+"#;
+
 /// Deletes a task and its executions. ARGV[3..]: id, tenant, channel,
 /// message. Returns `ok` or `notfound`.
 const DELETE: &str = r#"
 local tid, tn, channel, msg = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local t = tkey(tid)
 if redis.call('HGET', t, 'tn') ~= tn then return 'notfound' end
-local h = hkey(tid)
-for _, m in ipairs(redis.call('ZRANGE', h, 0, -1)) do
-  local eid = string.sub(m, 12)
-  redis.call('DEL', xkey(eid))
-  redis.call('ZREM', LEASES, eid)
-  redis.call('ZREM', RETRY, eid)
+local f = redis.call('HGETALL', t)
+for k = 1, #f, 2 do
+  if string.sub(f[k], 1, 2) == 'w:' then redis.call('ZREM', RETRY, f[k + 1]) end
 end
-redis.call('DEL', h, t)
+for _, pair in ipairs(running_of(tid)) do
+  redis.call('ZREM', LEASES, pair[1])
+end
+redis.call('DEL', lkey(tid), t)
 redis.call('ZREM', DUE, tid)
 redis.call('ZREM', B .. ':tn:' .. tn, tid)
 redis.call('PUBLISH', channel, msg)
@@ -426,14 +489,15 @@ return 'ok'
 /// an empty `d`); for R: the failed execution id; then the number of
 /// missed records, and if any the claim's time and node and each as (id,
 /// scheduled_for); then `0` (no execution) or `1` and the execution's id,
-/// scheduled_for, attempt (10 digits), started_at, status, fence,
-/// lease_until and encoding `c`.
+/// scheduled_for, attempt (10 digits), started_at, status (`running`, the
+/// only one a claim starts), fence, lease_until and encoding `c`.
 ///
-/// Returns one reply per claim: `{'S'}` started, `{'K', fields}` skipped,
-/// `{'Q'}` queued, `{'R', replaced ids...}` replaced, `{'A'}` advanced,
-/// `{'L', task fields...}` lost (`{'L'}` if the task is gone). A queued
-/// occurrence keeps the claim's execution id: the run that starts it later
-/// has that id.
+/// Returns one reply per claim: `{'S'}` started (`{'S', '1'}` if its end
+/// updates its task, so its lease member is tracked), `{'K', record}`
+/// skipped, `{'Q'}` queued, `{'R', replaced ids...}` replaced (the started
+/// run is tracked), `{'A'}` advanced, `{'L', task fields...}` lost (`{'L'}`
+/// if the task is gone). A queued occurrence keeps the claim's execution
+/// id: the run that starts it later has that id.
 ///
 /// In a re-send, a claim whose execution id is already stored was applied
 /// by the first send (its reply was lost with the connection): it is
@@ -442,8 +506,8 @@ return 'ok'
 const CLAIM: &str = r#"
 local RESEND = ARGV[3] == '1'
 -- Replies without data, shared by every claim that gets them.
-local STARTED, QUEUED, ADVANCED, GONE = {'S'}, {'Q'}, {'A'}, {'L'}
-local SKIPPED_WHY = '=the previous run was still running'
+local STARTED, TRACKED, QUEUED, ADVANCED, GONE = {'S'}, {'S', '1'}, {'Q'}, {'A'}, {'L'}
+local SKIPPED_WHY = why_tail('the previous run was still running')
 
 -- The reply of a lost claim: the task as it is now, its definition left
 -- out (empty) when the claimer has it at the current version `kv`.
@@ -460,11 +524,18 @@ end
 -- at ARGV[at]), or nil.
 local function replay(tid, at)
   if not RESEND or not at then return nil end
-  local eid = ARGV[at]
-  local c, st = unpack(redis.call('HMGET', xkey(eid), 'c', 'st'))
-  if not c or exec_meta(c) ~= tid then return nil end
-  if st == 'running' then return STARTED end
-  if st == 'skipped' then return {'K', unpack(exec_reply(eid))} end
+  flush()
+  local eid, fence, c = ARGV[at], ARGV[at + 5], ARGV[at + 7]
+  if redis.call('ZSCORE', LEASES, eid .. '|' .. fence .. '|0|' .. c) then return STARTED end
+  if redis.call('ZSCORE', LEASES, eid .. '|' .. fence .. '|1|' .. c) then return TRACKED end
+  local prefix = eid .. '|'
+  for _, r in ipairs(redis.call('LRANGE', lkey(tid), 0, -1)) do
+    if string.sub(r, 1, #prefix) == prefix then
+      local _, st = rec_parts(r)
+      if st == 'skipped' then return {'K', r} end
+      return nil
+    end
+  end
   return nil
 end
 
@@ -480,15 +551,25 @@ local function put(set, field, value)
   set[#set + 1] = value
 end
 
+-- Records a finished execution (`id`, `sf`, `att`, record `rec`) of a
+-- task whose highest scheduled_for is `hs`; returns the new highest, or
+-- false if (sf, att) is taken.
+local function record_finished(tid, hs, sf, att, rec)
+  hs = admit(tid, hs, sf, att)
+  if hs then push(tid, rec) end
+  return hs
+end
+
 -- Records the `n` missed occurrences whose arguments start at ARGV[at];
--- `hs` and the result as for insert_exec (never false).
+-- `hs` and the result as for admit (never false).
 local function record_missed(tid, hs, at, n)
   local now, node = ARGV[at], ARGV[at + 1]
   local tn = redis.call('HGET', tkey(tid), 'tn')
   for k = at + 2, at + 2 * n, 2 do
     local id, sf = ARGV[k], ARGV[k + 1]
     local c = encode(tid, '0000000001', 'schedule', sf, now, tn, node)
-    hs = insert_exec(tid, hs, id, sf, '0000000001', 'missed', '1', c, '', {'fa', now}) or hs
+    local rec = record(id, 'missed', '1', now, '', '', '||', c)
+    hs = record_finished(tid, hs, sf, '0000000001', rec) or hs
   end
   return hs
 end
@@ -496,12 +577,11 @@ end
 -- Starts the execution whose arguments start at ARGV[at], or applies the
 -- task's overlap policy if a run of it is still running (`bk`: the task
 -- tracks its runs in `run`, with policy `ov` and queued occurrence `q`).
--- `set` holds task fields to write in any case; `hs` as for insert_exec.
+-- `set` holds task fields to write in any case; `hs` as for admit.
 local function start_or_overlap(tid, at, set, hs, bk, run, ov, q)
   local t = tkey(tid)
-  local id, sf, att, now, st, fence, lease, c =
-    ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5],
-    ARGV[at + 6], ARGV[at + 7]
+  local id, sf, att, now, fence, lease, c =
+    ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 5], ARGV[at + 6], ARGV[at + 7]
   local replaced = nil
   if not none(run) then
     if ov == 'queue_one' and none(q) then
@@ -511,39 +591,46 @@ local function start_or_overlap(tid, at, set, hs, bk, run, ov, q)
       redis.call('HSET', t, unpack(set))
       return QUEUED
     elseif ov == 'skip' or ov == 'queue_one' then
-      local why = {'fa', now, 'err', SKIPPED_WHY}
-      local new_hs = insert_exec(tid, hs, id, sf, att, 'skipped', fence, c, '', why)
+      local rec = record(id, 'skipped', fence, now, '', '', SKIPPED_WHY, c)
+      local new_hs = record_finished(tid, hs, sf, att, rec)
       if new_hs then put(set, 'hs', new_hs) end
       if #set > 0 then redis.call('HSET', t, unpack(set)) end
-      if new_hs then return {'K', unpack(exec_reply(id))} end
+      if new_hs then return {'K', rec} end
       return lost(tid)
     elseif ov == 'replace' then
-      local why = '=replaced by the run for ' .. rfc3339(sf)
+      -- A run to end may have started earlier in this call.
+      flush()
+      local why = why_tail('replaced by the run for ' .. rfc3339(sf))
       replaced = {}
       for rid in string.gmatch(run, '[^,]+') do
-        local rfence = redis.call('HGET', xkey(rid), 'fence')
-        if rfence then
-          end_running(rid, rfence, 'abandoned', now, why)
+        local m = redis.call('HGET', t, 'r:' .. rid)
+        if m and redis.call('ZSCORE', LEASES, m) then
+          end_exec(tid, m, 'abandoned', now, '', '', why)
           replaced[#replaced + 1] = rid
         end
+        redis.call('HDEL', t, 'r:' .. rid)
       end
       table.sort(replaced)
       run = ''
     end
   end
-  local extra = nil
-  if bk == '1' then extra = {'tb', '1'} end
-  local new_hs = insert_exec(tid, hs, id, sf, att, st, fence, c, lease, extra)
+  local tracked = '0'
+  if bk == '1' then tracked = '1' end
+  local new_hs, m = start_exec(tid, hs, id, sf, att, fence, c, lease, tracked)
   if not new_hs then
     if replaced then put(set, 'run', '') end
     if #set > 0 then redis.call('HSET', t, unpack(set)) end
     return lost(tid)
   end
   put(set, 'hs', new_hs)
-  if bk == '1' then put(set, 'run', run_add(run, id)) end
+  if bk == '1' then
+    put(set, 'run', run_add(run, id))
+    put(set, 'r:' .. id, m)
+  end
   redis.call('HSET', t, 'lr', now, unpack(set))
-  if not replaced then return STARTED end
-  return {'R', unpack(replaced)}
+  if replaced then return {'R', unpack(replaced)} end
+  if bk == '1' then return TRACKED end
+  return STARTED
 end
 
 -- A scheduled claim: the compare-and-set of next_run and version (its
@@ -557,25 +644,26 @@ local function claim_scheduled(tid, s, missed, nmissed, at)
   end
   local new_nr = ARGV[s + 2]
   if new_nr ~= '' then
-    redis.call('ZADD', DUE, new_nr, tid)
+    due_add[#due_add + 1] = new_nr
+    due_add[#due_add + 1] = tid
   else
+    flush()
     redis.call('ZREM', DUE, tid)
     redis.call('HDEL', t, 'nr')
   end
   if at and not missed and bk ~= '1' then
     -- The common case (a run of a cron task with `overlap: allow`), with
     -- no tables built.
-    local id, sf, att, now = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
-    hs = insert_exec(tid, hs, id, sf, att, ARGV[at + 4], ARGV[at + 5], ARGV[at + 7],
-      ARGV[at + 6])
-    if not hs then
+    local new_hs = start_exec(tid, hs, ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 5],
+      ARGV[at + 7], ARGV[at + 6], '0')
+    if not new_hs then
       if new_nr ~= '' then redis.call('HSET', t, 'nr', new_nr) end
       return lost(tid)
     end
     if new_nr ~= '' then
-      redis.call('HSET', t, 'lr', now, 'hs', hs, 'nr', new_nr)
+      redis.call('HSET', t, 'lr', ARGV[at + 3], 'hs', new_hs, 'nr', new_nr)
     else
-      redis.call('HSET', t, 'lr', now, 'hs', hs)
+      redis.call('HSET', t, 'lr', ARGV[at + 3], 'hs', new_hs)
     end
     return STARTED
   end
@@ -598,6 +686,12 @@ local function claim_scheduled(tid, s, missed, nmissed, at)
   return start_or_overlap(tid, at, set, hs, bk, run, ov, q)
 end
 
+-- The record `rec` with its retry_at cleared.
+local function without_retry(rec)
+  local head, rest = string.match(rec, '^([^|]*|[^|]*|[^|]*|[^|]*|[^|]*|)[^|]*(|.*)$')
+  return head .. rest
+end
+
 -- A retry (of execution `failed`) or manual claim: no condition but that
 -- the task exists (and, for a retry, that `failed` still awaits it).
 local function claim_other(tid, failed, at)
@@ -606,13 +700,11 @@ local function claim_other(tid, failed, at)
     unpack(redis.call('HMGET', t, 'tn', 'bk', 'run', 'ov', 'q', 'hs'))
   if not tn then return GONE end
   if failed then
-    local x = xkey(failed)
-    local c, retry = unpack(redis.call('HMGET', x, 'c', 'retry'))
-    if not c or exec_meta(c) ~= tid or none(retry) then
-      return replay(tid, at) or lost(tid)
-    end
-    redis.call('ZREM', RETRY, failed)
-    redis.call('HDEL', x, 'retry')
+    local rec = redis.call('HGET', t, 'w:' .. failed)
+    if not rec then return replay(tid, at) or lost(tid) end
+    redis.call('HDEL', t, 'w:' .. failed)
+    redis.call('ZREM', RETRY, rec)
+    push(tid, without_retry(rec))
   else
     local r = replay(tid, at)
     if r then return r end
@@ -654,155 +746,201 @@ for n = 1, tonumber(ARGV[4]) do
     out[n] = claim_other(tid, failed, at)
   end
 end
+flush()
 return out
 "#;
 
-/// Extends a lease. ARGV[3..]: execution id, fence, until. Returns `ok`,
-/// `gone` (no such execution here) or `taken` (fence moved on or it ended).
+/// Finding a running execution by id alone (RENEW, FINISH).
+const FIND: &str = r#"
+-- The lease member of running execution `eid` in this partition, or nil,
+-- from a scan of the lease index.
+local function find_member(eid)
+  local cursor = '0'
+  repeat
+    local r = redis.call('ZSCAN', LEASES, cursor, 'MATCH', eid .. '|*', 'COUNT', 1000)
+    cursor = r[1]
+    local f = r[2]
+    for k = 1, #f, 2 do
+      if member_parts(f[k]) == eid then return f[k] end
+    end
+  until cursor == '0'
+  return nil
+end
+"#;
+
+/// Extends a lease. ARGV[3..]: execution id, fence, until, its lease
+/// member as the client knows it ("" unknown). Returns `{'ok', member}`,
+/// `{'gone'}` (not running here) or `{'taken'}` (its fence moved on).
 const RENEW: &str = r#"
-local eid, fence, untl = ARGV[3], ARGV[4], ARGV[5]
-local st, f = unpack(redis.call('HMGET', xkey(eid), 'st', 'fence'))
-if not st then return 'gone' end
-if st ~= 'running' or f ~= fence then return 'taken' end
-redis.call('ZADD', LEASES, untl, eid)
-return 'ok'
+local eid, fence, untl, m = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if m == '' or not redis.call('ZSCORE', LEASES, m) then m = find_member(eid) end
+if not m then return {'gone'} end
+local _, f = member_parts(m)
+if f ~= fence then return {'taken'} end
+redis.call('ZADD', LEASES, untl, m)
+return {'ok', m}
 "#;
 
 /// Records results, each atomically and independently. ARGV[3] = number
 /// of results, then per result: partition base, execution id, fence,
-/// status, finished_at, error ("" none, else `=` and the text), output
-/// (same), retry_at ("" none), node and lease_until (for a queued
-/// occurrence started here), the run's actual start ("" as claimed).
-/// Returns one reply per result: `{'OK'}`, `{'OK', started execution
-/// fields}`, `{'C', 'gone'}`, `{'C', 'taken'}` or `{'I'}` (status
+/// status (never `succeeded` with a retry_at), finished_at, retry_at (""
+/// none), node and lease_until (for a queued occurrence started here), the
+/// execution's lease member as the client knows it with that fence (""
+/// unknown), and if known its task id and tracked flag (else ""), then its
+/// record as it will be stored: whole if the member is known, else without
+/// the encoding `c` (which the script appends from the member it finds).
+/// Returns one reply per result: `{'OK'}`, `{'OK', started member, its
+/// lease}`, `{'C', 'gone'}`, `{'C', 'taken'}` or `{'I'}` (status
 /// `running`). The same result sent twice (a reply lost with the
 /// connection) is `{'OK'}` the second time.
+///
+/// The usual result (the member known and still running) costs two
+/// commands, the lease's `ZREM` and the history's `LPUSH`, and parses
+/// nothing.
 const FINISH: &str = r#"
 -- Replies without data, shared by every result that gets them.
 local OK, GONE, TAKEN, RUNNING = {'OK'}, {'C', 'gone'}, {'C', 'taken'}, {'I'}
 
-local function finish_one(eid, fence, status, fa, err, output, retry, node, lease, actual)
-  local x = xkey(eid)
-  local st, xf, tb = unpack(redis.call('HMGET', x, 'st', 'fence', 'tb'))
-  if not st then return GONE end
-  if st ~= 'running' or xf ~= fence then
-    if st == status and tonumber(xf) == tonumber(fence) + 1
-        and redis.call('HGET', x, 'fa') == fa then
-      return OK
+-- The reply for execution `eid`, no longer running: `OK` if its record
+-- says this result was applied, else taken or gone. `tid` is its task
+-- ('' unknown).
+local function settled(eid, fence, status, fa, tid)
+  if tid == '' then return GONE end
+  local function applied(r)
+    local _, st, f, at = rec_parts(r)
+    return st == status and tonumber(f) == tonumber(fence) + 1 and at == fa
+  end
+  local prefix = eid .. '|'
+  for _, r in ipairs(redis.call('LRANGE', lkey(tid), 0, -1)) do
+    if string.sub(r, 1, #prefix) == prefix then
+      if applied(r) then return OK end
+      return TAKEN
     end
+  end
+  local w = redis.call('HGET', tkey(tid), 'w:' .. eid)
+  if w then
+    if applied(w) then return OK end
     return TAKEN
   end
+  if redis.call('EXISTS', tkey(tid)) == 1 then return TAKEN end
+  return GONE
+end
+
+local function finish_one(at)
+  local eid, fence, status, fa, retry, node, lease, m, tid, tracked, rec =
+    ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5], ARGV[at + 6],
+    ARGV[at + 7], ARGV[at + 8], ARGV[at + 9], ARGV[at + 10], ARGV[at + 11]
   if status == 'running' then return RUNNING end
-  if retry ~= '' and status ~= 'succeeded' then
-    redis.call('ZADD', RETRY, retry, eid)
-  else
-    retry = ''
+  if m == '' or redis.call('ZREM', LEASES, m) == 0 then
+    -- Not running as the client knew it: started elsewhere, rewritten
+    -- as tracked, or ended.
+    local found = find_member(eid)
+    if not found then return settled(eid, fence, status, fa, tid) end
+    local _, f, tr, c = member_parts(found)
+    if f ~= fence then return TAKEN end
+    redis.call('ZREM', LEASES, found)
+    if m == '' then rec = rec .. c end
+    m, tid, tracked = found, exec_meta(c), tr
   end
-  if output == '' and actual == '' and retry == '' then
-    end_running(eid, xf, status, fa, err)
+  if retry == '' then
+    push(tid, rec)
   else
-    local extra = {}
-    if output ~= '' then
-      extra[#extra + 1] = 'out'
-      extra[#extra + 1] = output
-    end
-    if actual ~= '' then
-      extra[#extra + 1] = 'sa'
-      extra[#extra + 1] = actual
-    end
-    if retry ~= '' then
-      extra[#extra + 1] = 'retry'
-      extra[#extra + 1] = retry
-    end
-    end_running(eid, xf, status, fa, err, unpack(extra))
+    redis.call('HSET', tkey(tid), 'w:' .. eid, rec)
+    redis.call('ZADD', RETRY, retry, rec)
   end
-  if tb ~= '1' then return OK end
-  local tid, _, trig = exec_meta(redis.call('HGET', x, 'c'))
-  local started = after_end(tid, eid, trig, status, retry, node, fa, lease)
-  trim(hkey(tid))
-  if started then return {'OK', unpack(exec_reply(started))} end
+  if tracked ~= '1' then return OK end
+  local _, _, _, c = member_parts(m)
+  local _, _, trig = exec_meta(c)
+  local started, slease = after_end(tid, eid, trig, status, retry, node, fa, lease)
+  if started then return {'OK', started, slease} end
   return OK
 end
 
 local out = {}
-local i = 4
-for c = 1, tonumber(ARGV[3]) do
-  use_base(ARGV[i])
-  out[c] = finish_one(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
-    ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10])
-  i = i + 11
+local at = 4
+for k = 1, tonumber(ARGV[3]) do
+  use_base(ARGV[at])
+  out[k] = finish_one(at)
+  at = at + 12
 end
+flush()
 return out
 "#;
 
 /// Takes over expired leases. ARGV[3..]: now, node, lease_until (for
 /// queued occurrences started here), the most to take over.
-/// Returns a list of `{'A', fields}` (abandoned) and `{'S', fields}`
-/// (started) replies.
+/// Returns a list of `{'A', record}` (abandoned) and `{'S', member,
+/// lease}` (started) replies.
 const RECOVER: &str = r#"
 local now, node, lease, limit = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local out = {}
 if limit <= 0 then return out end
-local WHY = '=lease expired: its scheduler stopped renewing it'
+local WHY = why_tail('lease expired: its scheduler stopped renewing it')
 local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', '(' .. now, 'LIMIT', 0, limit)
-for _, eid in ipairs(expired) do
-  local x = xkey(eid)
-  local st, fence, tb, c = unpack(redis.call('HMGET', x, 'st', 'fence', 'tb', 'c'))
-  if st ~= 'running' then
-    redis.call('ZREM', LEASES, eid)
-  else
-    local tid, att, trig = exec_meta(c)
-    local mr, bo = unpack(redis.call('HMGET', tkey(tid), 'mr', 'bo'))
+for _, m in ipairs(expired) do
+  local eid, fence, tracked, c = member_parts(m)
+  local tid, att, trig = exec_meta(c)
+  local mr, bo = unpack(redis.call('HMGET', tkey(tid), 'mr', 'bo'))
+  local rec
+  if mr then
     local retry = ''
-    if mr and tonumber(att) <= tonumber(mr) then
+    if tonumber(att) <= tonumber(mr) then
       retry = fmt(tonumber(now) + backoff_ms(bo, att) * 1000)
-      redis.call('ZADD', RETRY, retry, eid)
-      end_running(eid, fence, 'abandoned', now, WHY, 'retry', retry)
-    else
-      end_running(eid, fence, 'abandoned', now, WHY)
     end
-    local started = nil
-    if tb == '1' then
-      started = after_end(tid, eid, trig, 'abandoned', retry, node, now, lease)
+    rec = end_exec(tid, m, 'abandoned', now, '', retry, WHY)
+    out[#out + 1] = {'A', rec}
+    if tracked == '1' then
+      local started, slease = after_end(tid, eid, trig, 'abandoned', retry, node, now, lease)
+      if started then out[#out + 1] = {'S', started, slease} end
     end
-    out[#out + 1] = {'A', unpack(exec_reply(eid))}
-    if started then
-      out[#out + 1] = {'S', unpack(exec_reply(started))}
-    end
+  else
+    -- Its task is gone (deleting a task drops its leases; this is only
+    -- left by an interrupted write): nothing to record.
+    redis.call('ZREM', LEASES, m)
   end
 end
+flush()
 return out
 "#;
 
 /// One task's history. ARGV[3..]: task id, tenant, offset, limit, status
-/// ("" any). Returns `{'notfound'}` or `{total, fields, fields, ...}`,
-/// newest first.
+/// ("" any). Returns `{'notfound'}` or `{total, item, item, ...}`, newest
+/// (by scheduled_for, then attempt, then id) first, where an item is
+/// `{record}` or, for a running execution, `{member, lease}`.
 const HISTORY: &str = r#"
 local tid, tn, offset, limit, status =
   ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-if redis.call('HGET', tkey(tid), 'tn') ~= tn then return {'notfound'} end
-local h = hkey(tid)
-local out = {0}
-if status == '' then
-  out[1] = redis.call('ZCARD', h)
-  if limit > 0 then
-    for _, m in ipairs(redis.call('ZREVRANGE', h, offset, offset + limit - 1)) do
-      out[#out + 1] = exec_reply(string.sub(m, 12))
-    end
-  end
-  return out
+local t = tkey(tid)
+if redis.call('HGET', t, 'tn') ~= tn then return {'notfound'} end
+local items = {}
+local function add(eid, c, reply)
+  local _, att, _, sf = exec_meta(c)
+  items[#items + 1] = {tonumber(sf), att, eid, reply}
 end
-local total = 0
-for _, m in ipairs(redis.call('ZREVRANGE', h, 0, -1)) do
-  local eid = string.sub(m, 12)
-  if redis.call('HGET', xkey(eid), 'st') == status then
-    if total >= offset and total < offset + limit then
-      out[#out + 1] = exec_reply(eid)
-    end
-    total = total + 1
+local function add_record(r)
+  local eid, st, _, _, _, c = rec_parts(r)
+  if status == '' or st == status then add(eid, c, {r}) end
+end
+for _, r in ipairs(redis.call('LRANGE', lkey(tid), 0, RETENTION - 1)) do add_record(r) end
+local f = redis.call('HGETALL', t)
+for k = 1, #f, 2 do
+  if string.sub(f[k], 1, 2) == 'w:' then add_record(f[k + 1]) end
+end
+if status == '' or status == 'running' then
+  for _, pair in ipairs(running_of(tid)) do
+    local eid, _, _, c = member_parts(pair[1])
+    add(eid, c, pair)
   end
 end
-out[1] = total
+table.sort(items, function(a, b)
+  if a[1] ~= b[1] then return a[1] > b[1] end
+  if a[2] ~= b[2] then return a[2] > b[2] end
+  return a[3] > b[3]
+end)
+local out = {#items}
+for k = offset + 1, math.min(offset + limit, #items) do
+  out[#out + 1] = items[k][4]
+end
 return out
 "#;
 
@@ -812,13 +950,17 @@ fn script(parts: &[&str]) -> Script {
 }
 
 pub(crate) static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[CREATE]));
-pub(crate) static UPDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[UPDATE]));
-pub(crate) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[DELETE]));
+pub(crate) static UPDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[EXEC_READ, UPDATE]));
+pub(crate) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[EXEC_READ, DELETE]));
 pub(crate) static CLAIM_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| script(&[FMT, EXEC_READ, EXEC_WRITE, RUN_LIST, RFC3339, CLAIM]));
-pub(crate) static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[RENEW]));
-pub(crate) static FINISH_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| script(&[FMT, EXEC_READ, EXEC_WRITE, RUN_LIST, AFTER_END, FINISH]));
+pub(crate) static RENEW_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| script(&[EXEC_READ, FIND, RENEW]));
+pub(crate) static FINISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    script(&[
+        FMT, EXEC_READ, EXEC_WRITE, RUN_LIST, AFTER_END, FIND, FINISH,
+    ])
+});
 pub(crate) static RECOVER_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     script(&[
         FMT, EXEC_READ, EXEC_WRITE, RUN_LIST, AFTER_END, BACKOFF, RECOVER,

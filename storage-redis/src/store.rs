@@ -15,14 +15,14 @@ use tickwheel::store::{
     Change, ChangeFeed, Claim, ClaimKind, ClaimOutcome, DEFAULT_RETENTION, ExecutionPage,
     ExecutionQuery, Finish, FinishOutcome, MAX_PAGE, Recovered, TaskPage,
 };
-use tickwheel::{Error, Execution, ExecutionId, Store, Task, TaskId, TaskPatch};
+use tickwheel::{Error, Execution, ExecutionId, ExecutionStatus, Store, Task, TaskId, TaskPatch};
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
-    TASK_FIELDS, TaskFields, array, bytes, corrupt, exec_encoding, exec_from_pairs, micros,
-    name_of, opt_strings, opt_text, overlay, parse_micros, redis_error, strings, task_from_fields,
-    trunc_exec, trunc_task,
+    TASK_FIELDS, TaskFields, array, bytes, corrupt, exec_encoding, exec_from_member,
+    exec_from_record, exec_from_reply, lease_member, micros, name_of, opt_strings, overlay,
+    parse_micros, record_tail, redis_error, strings, task_from_fields, trunc_exec, trunc_task,
 };
 use crate::conn::Conn;
 use crate::feed::{self, Message};
@@ -208,9 +208,9 @@ struct Shared {
     /// The feed task's count of (re)subscriptions, once it is started.
     feed_ready: Mutex<Option<watch::Receiver<u64>>>,
     stop: CancellationToken,
-    /// The partition of each execution this store started and that has not
-    /// finished, so renew and finish go straight to it.
-    owners: Mutex<HashMap<ExecutionId, usize>>,
+    /// The partition and lease member of each execution this store started
+    /// and that has not finished, so renew and finish go straight to it.
+    owners: Mutex<HashMap<ExecutionId, Owner>>,
     /// Results waiting to be sent, batched (see `RedisStore::finish_batched`).
     finishes: Mutex<FinishQueue>,
     /// Task definitions read, by id: a lost claim for a task whose
@@ -218,6 +218,13 @@ struct Shared {
     /// A definition is immutable at a version, so an entry is never stale
     /// for its version; the map is emptied when it reaches `DEFS_MAX`.
     defs: Mutex<HashMap<TaskId, Arc<Task>>>,
+}
+
+/// Where a running execution this store started is: its partition and its
+/// lease member (the key renew and finish look it up by).
+struct Owner {
+    partition: usize,
+    member: String,
 }
 
 /// Most task definitions kept in `Shared::defs`.
@@ -237,53 +244,94 @@ struct FinishJob {
     reply: oneshot::Sender<Result<Vec<Value>, Error>>,
 }
 
-/// A [`Finish`] encoded for the finish script.
+/// A [`Finish`] encoded for the finish script (layout in `scripts::FINISH`).
 struct FinishItem {
     id: String,
     fence: u64,
     status: String,
-    /// The actual start ("" as claimed).
-    started_at: String,
     finished_at: String,
-    /// Encoded by `opt_text`.
-    error: String,
-    /// Encoded by `opt_text`.
-    output: String,
+    /// "" if none or the run succeeded.
     retry_at: String,
     node: String,
     lease_until: String,
+    /// The lease member, if this store started the execution and holds it
+    /// with the finish's fence ("" if not).
+    member: String,
+    /// Its task and tracked flag when the member is known ("" if not).
+    task: String,
+    tracked: String,
+    /// The record to store: whole when the member is known, else without
+    /// the encoding, which the script appends.
+    record: String,
 }
 
 impl FinishItem {
-    fn new(f: Finish) -> Self {
+    fn new(f: Finish, member: Option<&str>) -> Self {
+        let error = f.error.map(|s| truncate(s, MAX_ERROR_BYTES));
+        let output = f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES));
+        let retry_at = match f.status {
+            ExecutionStatus::Succeeded => String::new(),
+            _ => f.retry_at.map(micros).unwrap_or_default(),
+        };
+        let finished_at = micros(f.finished_at);
+        let id = f.id.to_string();
+        let mut record = format!(
+            "{id}|{}|{}|{finished_at}|{}|{retry_at}|{}",
+            name_of(&f.status),
+            f.fence + 1,
+            f.started_at.map(micros).unwrap_or_default(),
+            record_tail(error.as_deref(), output.as_deref()),
+        );
+        let known = member.and_then(|m| {
+            let (fence, tracked, c) = member_parts(m)?;
+            (fence == f.fence.to_string()).then_some((m, tracked, c))
+        });
+        let (member, task, tracked) = match known {
+            Some((m, tracked, c)) => {
+                record.push_str(c);
+                let task = c.split(' ').next().unwrap_or_default();
+                (m.to_owned(), task.to_owned(), tracked.to_owned())
+            }
+            None => Default::default(),
+        };
         Self {
-            id: f.id.to_string(),
+            id,
             fence: f.fence,
             status: name_of(&f.status),
-            started_at: f.started_at.map(micros).unwrap_or_default(),
-            finished_at: micros(f.finished_at),
-            error: opt_text(f.error.map(|s| truncate(s, MAX_ERROR_BYTES)).as_deref()),
-            output: opt_text(f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES)).as_deref()),
-            retry_at: f.retry_at.map(micros).unwrap_or_default(),
+            finished_at,
+            retry_at,
             node: f.node,
             lease_until: micros(f.lease_until),
+            member,
+            task,
+            tracked,
+            record,
         }
     }
 
-    /// Appends the item to a finish script call (layout in `scripts::FINISH`).
+    /// Appends the item to a finish script call.
     fn encode(&self, inv: &mut ScriptInvocation<'static>, base: &str) {
         inv.arg(base)
             .arg(&self.id)
             .arg(self.fence)
             .arg(&self.status)
             .arg(&self.finished_at)
-            .arg(&self.error)
-            .arg(&self.output)
             .arg(&self.retry_at)
             .arg(&self.node)
             .arg(&self.lease_until)
-            .arg(&self.started_at);
+            .arg(&self.member)
+            .arg(&self.task)
+            .arg(&self.tracked)
+            .arg(&self.record);
     }
+}
+
+/// The fence, tracked flag and encoding of a lease member
+/// (`<id>|<fence>|<tracked>|<c>`).
+fn member_parts(m: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = m.splitn(4, '|');
+    let _id = parts.next()?;
+    Some((parts.next()?, parts.next()?, parts.next()?))
 }
 
 /// Most items in one claim or finish script call, so one call never holds
@@ -440,15 +488,15 @@ impl RedisStore {
         inv.invoke_async(&mut conn).await.map_err(redis_error)
     }
 
-    fn remember(&self, id: ExecutionId, p: usize) {
-        self.owners().insert(id, p);
+    fn remember(&self, id: ExecutionId, partition: usize, member: String) {
+        self.owners().insert(id, Owner { partition, member });
     }
 
     fn forget(&self, id: ExecutionId) {
         self.owners().remove(&id);
     }
 
-    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<ExecutionId, usize>> {
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<ExecutionId, Owner>> {
         // The map holds plain data; a panic elsewhere cannot break it.
         self.shared.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -467,11 +515,13 @@ impl RedisStore {
         defs.insert(task.id, Arc::new(task.clone()));
     }
 
-    /// Partitions to try for an execution: its known one, or all of them.
-    fn partitions_of(&self, id: ExecutionId) -> Vec<usize> {
+    /// Partitions to try for an execution, with its lease member in each:
+    /// its known partition and member, or every partition and "" (the
+    /// script then scans the partition's leases for it).
+    fn partitions_of(&self, id: ExecutionId) -> Vec<(usize, String)> {
         match self.owners().get(&id) {
-            Some(&p) => vec![p],
-            None => (0..self.partitions()).collect(),
+            Some(o) => vec![(o.partition, o.member.clone())],
+            None => (0..self.partitions()).map(|p| (p, String::new())).collect(),
         }
     }
 
@@ -622,21 +672,24 @@ impl RedisStore {
             return Err(corrupt("empty claim reply"));
         };
         let rest = &items[1..];
-        let started = |claim: Claim| -> Result<Execution, Error> {
+        let started = |claim: Claim, tracked: bool| -> Result<Execution, Error> {
             let e = claim
                 .execution
                 .map(trunc_exec)
                 .ok_or_else(|| corrupt("started without an execution"))?;
-            self.remember(e.id, p);
+            self.remember(e.id, p, lease_member(&e, tracked));
             Ok(e)
         };
         Ok(Some(match kind.as_slice() {
-            b"S" => ClaimOutcome::Started(started(claim)?),
-            b"K" => ClaimOutcome::Skipped(exec_from_pairs(&strings(rest)?)?),
+            b"S" => ClaimOutcome::Started(started(claim, !rest.is_empty())?),
+            b"K" => match strings(rest)?.as_slice() {
+                [rec] => ClaimOutcome::Skipped(exec_from_record(rec)?),
+                _ => return Err(corrupt("bad skipped reply")),
+            },
             b"Q" => ClaimOutcome::Queued,
             b"A" => ClaimOutcome::Advanced,
             b"R" => ClaimOutcome::Replaced {
-                started: started(claim)?,
+                started: started(claim, true)?,
                 replaced: strings(rest)?
                     .iter()
                     .map(|id| {
@@ -808,6 +861,11 @@ impl RedisStore {
                 (0..self.partitions()).map(|_| Vec::new()).collect();
             for job in jobs {
                 groups[self.group_of(job.partition)].push(job);
+            }
+            // A partition's results next to each other: the script
+            // switches key bases only between them.
+            for jobs in &mut groups {
+                jobs.sort_by_key(|job| job.partition);
             }
             let mut batches = Vec::new();
             for (p, mut jobs) in groups.into_iter().enumerate() {
@@ -996,7 +1054,7 @@ impl RedisStore {
             let horizon_us = horizon_us.clone();
             async move {
                 let mut conn = self.shared.conn.clone();
-                let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                let records: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
                     .arg(format!("{}:retry", self.base(p)))
                     .arg("-inf")
                     .arg(horizon_us)
@@ -1006,27 +1064,10 @@ impl RedisStore {
                     .query_async(&mut conn)
                     .await
                     .map_err(redis_error)?;
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut pipe = redis::pipe();
-                for id in &ids {
-                    pipe.cmd("HGETALL").arg(format!("{}:x:{id}", self.base(p)));
-                }
-                let rows: Vec<Vec<Vec<u8>>> =
-                    pipe.query_async(&mut conn).await.map_err(redis_error)?;
-                let mut out = Vec::with_capacity(rows.len());
-                for (id, mut row) in ids.into_iter().zip(rows) {
-                    if row.is_empty() {
-                        continue;
-                    }
-                    row.push(b"id".to_vec());
-                    row.push(id.into_bytes());
-                    let e = exec_from_pairs(&row)?;
-                    if e.retry_at.is_some() {
-                        out.push(e);
-                    }
-                }
+                let out = records
+                    .iter()
+                    .map(|rec| exec_from_record(rec))
+                    .collect::<Result<Vec<_>, _>>()?;
                 Ok::<_, Error>(out)
             }
         });
@@ -1042,24 +1083,40 @@ impl RedisStore {
         fence: u64,
         until: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let tries = self.partitions_of(id).into_iter().map(|p| async move {
-            let mut inv = self.invocation(&RENEW_SCRIPT, p);
-            inv.arg(id.to_string()).arg(fence).arg(micros(until));
-            self.eval::<String>(&inv).await
-        });
+        let tries = self
+            .partitions_of(id)
+            .into_iter()
+            .map(|(p, member)| async move {
+                let mut inv = self.invocation(&RENEW_SCRIPT, p);
+                inv.arg(id.to_string())
+                    .arg(fence)
+                    .arg(micros(until))
+                    .arg(member);
+                let reply = strings(&array(self.eval::<Value>(&inv).await?)?)?;
+                Ok::<_, Error>((p, reply))
+            });
         let answers = try_join_all(tries).await?;
-        if answers.iter().any(|a| a == "ok") {
-            Ok(())
-        } else if answers.iter().any(|a| a == "taken") {
-            // A fenced run is cancelled without a finish: forget it now.
-            self.forget(id);
-            Err(Error::conflict(format!("execution {id} was taken over")))
-        } else {
-            self.forget(id);
-            Err(Error::conflict(format!(
-                "execution {id} is no longer running"
-            )))
+        let mut taken = false;
+        for (p, reply) in answers {
+            match reply.as_slice() {
+                [ok, member] if ok == b"ok" => {
+                    // The member may have been rewritten (a policy switch
+                    // made its end update its task).
+                    self.remember(id, p, id_text(member)?);
+                    return Ok(());
+                }
+                [taken_] if taken_ == b"taken" => taken = true,
+                [gone] if gone == b"gone" => {}
+                _ => return Err(corrupt("bad renew reply")),
+            }
         }
+        // A fenced run is cancelled without a finish: forget it now.
+        self.forget(id);
+        Err(Error::conflict(if taken {
+            format!("execution {id} was taken over")
+        } else {
+            format!("execution {id} is no longer running")
+        }))
     }
 
     async fn executions_once(
@@ -1085,7 +1142,7 @@ impl RedisStore {
             _ => return Err(corrupt("bad history reply")),
         };
         let executions = items
-            .map(|v| exec_from_pairs(&strings(&array(v)?)?))
+            .map(|v| exec_from_reply(&strings(&array(v)?)?))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ExecutionPage { executions, total })
     }
@@ -1283,14 +1340,14 @@ impl Store for RedisStore {
 
     async fn finish(&self, f: Finish) -> Result<FinishOutcome, Error> {
         let id = f.id;
-        let item = FinishItem::new(f);
         let parts = self.partitions_of(id);
-        let answers: Vec<(usize, Vec<Value>)> = if let [p] = parts[..] {
+        let answers: Vec<(usize, Vec<Value>)> = if let [(p, ref member)] = parts[..] {
+            let item = FinishItem::new(f, Some(member));
             vec![(p, self.finish_batched(p, item).await?)]
         } else {
             // Started through another store instance: ask every partition.
-            let item = &item;
-            try_join_all(parts.into_iter().map(|p| async move {
+            let item = &FinishItem::new(f, None);
+            try_join_all(parts.into_iter().map(|(p, _)| async move {
                 let mut inv = self.invocation(&FINISH_SCRIPT, p);
                 inv.arg(1);
                 item.encode(&mut inv, self.base(p));
@@ -1309,12 +1366,14 @@ impl Store for RedisStore {
             match kind.as_deref() {
                 Some(b"OK") => {
                     self.forget(id);
-                    let started = if reply.len() > 1 {
-                        let e = exec_from_pairs(&strings(&reply[1..])?)?;
-                        self.remember(e.id, p);
-                        Some(e)
-                    } else {
-                        None
+                    let started = match strings(&reply[1..])?.as_slice() {
+                        [] => None,
+                        [member, lease] => {
+                            let e = exec_from_member(member, lease)?;
+                            self.remember(e.id, p, id_text(member)?);
+                            Some(e)
+                        }
+                        _ => return Err(corrupt("bad finish reply")),
                     };
                     return Ok(FinishOutcome { started });
                 }
@@ -1375,17 +1434,16 @@ impl Store for RedisStore {
             let mut inv = self.invocation(&RECOVER_SCRIPT, p);
             inv.arg(&now_us).arg(node).arg(micros(lease_until)).arg(n);
             for entry in array(self.eval::<Value>(&inv).await?)? {
-                let items = array(entry)?;
-                let kind = items.first().map(bytes).transpose()?.flatten();
-                let e = exec_from_pairs(&strings(items.get(1..).unwrap_or_default())?)?;
-                match kind.as_deref() {
-                    Some(b"A") => {
+                match strings(&array(entry)?)?.as_slice() {
+                    [kind, rec] if kind == b"A" => {
+                        let e = exec_from_record(rec)?;
                         self.forget(e.id);
                         remaining = remaining.saturating_sub(1);
                         out.abandoned.push(e);
                     }
-                    Some(b"S") => {
-                        self.remember(e.id, p);
+                    [kind, member, lease] if kind == b"S" => {
+                        let e = exec_from_member(member, lease)?;
+                        self.remember(e.id, p, id_text(member)?);
                         out.started.push(e);
                     }
                     _ => return Err(corrupt("unknown recover reply")),
@@ -1569,7 +1627,7 @@ mod tests {
             if i == 1 {
                 let record = |reply: Vec<Value>| {
                     let items = array(reply.into_iter().next().unwrap()).unwrap();
-                    exec_from_pairs(&strings(&items[1..]).unwrap()).unwrap()
+                    exec_from_record(&strings(&items[1..]).unwrap()[0]).unwrap()
                 };
                 assert_eq!(record(first), record(again), "the same skipped record");
             }

@@ -459,11 +459,12 @@ async fn an_occurrence_starts_once_per_attempt() {
     );
 }
 
-/// At the retention limit each new execution drops the oldest finished
-/// one; an oldest one still running or awaiting a retry is kept and the
-/// next finished one goes instead.
+/// The retention counts ended executions and keeps the latest to end;
+/// running ones and failed ones awaiting a retry are kept besides, however
+/// old. History reads in (scheduled_for, attempt) order whatever the order
+/// of ends.
 #[tokio::test]
-async fn the_trim_keeps_runs_that_are_not_done() {
+async fn the_trim_keeps_the_latest_ends_and_runs_not_done() {
     let Some(store) = single_store(&unique_prefix("trim"), 3).await else {
         return;
     };
@@ -488,13 +489,20 @@ async fn the_trim_keeps_runs_that_are_not_done() {
     }
     let ids = |h: &[Execution]| h.iter().map(|e| e.id).collect::<Vec<_>>();
     let h = history_of(&store, "trim", &task).await;
-    assert_eq!(ids(&h), vec![done[3], failed.id, running.id]);
-    assert_eq!(h[2].status, ExecutionStatus::Running);
-    // Once the oldest has finished it is the one dropped.
+    assert_eq!(
+        ids(&h),
+        vec![done[3], done[2], done[1], failed.id, running.id]
+    );
+    assert_eq!(h[4].status, ExecutionStatus::Running);
+    // The oldest occurrence ends last: it is kept, the earliest end goes.
     store.finish(succeeded(&running, at(7))).await.unwrap();
     let next = start(&store, manual(&task, at(8))).await;
     let h = history_of(&store, "trim", &task).await;
-    assert_eq!(ids(&h), vec![next.id, done[3], failed.id]);
+    assert_eq!(
+        ids(&h),
+        vec![next.id, done[3], done[2], failed.id, running.id]
+    );
+    assert_eq!(h[4].status, ExecutionStatus::Succeeded);
     let retries = store.due_retries(at(100), 10).await.unwrap();
     assert_eq!(ids(&retries), vec![failed.id], "the retry still awaits");
 }
