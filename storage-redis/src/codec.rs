@@ -8,9 +8,10 @@
 //! `ov` overlap, `mr` max retries, `bo` backoff, `cr` is cron, `bk` runs
 //! tracked, `tn` tenant, `rv` revision, `run` running executions, `q`
 //! queued occurrence); `nr`, `lr` and `st` override the JSON, which is only
-//! rewritten by updates. An execution is a hash: `c` its immutable part
-//! (see [`exec_encoding`]), the mutable fields beside it (layout in
-//! `scripts`); scripts reply with its fields, its lease and its id.
+//! rewritten by updates. An execution is one string: a lease member while
+//! it runs ([`lease_member`]), a record once it ended
+//! ([`exec_from_record`]); both end with its immutable part (see
+//! [`exec_encoding`]). Layouts in `scripts`.
 
 use std::fmt::Write;
 

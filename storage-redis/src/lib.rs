@@ -27,13 +27,19 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `B:t:<task>` | hash | the task: its definition as JSON (`d`) and the fields scripts use (next run, last run, version, enabled, status, overlap, retry policy, whether its runs are tracked, tenant, a revision counter, the highest `scheduled_for` in its history, its running executions, the queued occurrence) |
-//! | `B:h:<task>` | sorted set | the task's executions: score `scheduled_for`, member `<attempt, 10 digits>:<execution id>` (newest first = reverse order) |
-//! | `B:x:<execution>` | hash | one execution: its immutable part as one field, the mutable ones (status, fence, and as they apply finish, error, output, retry, actual start) as fields; a field that does not apply is absent |
+//! | `B:t:<task>` | hash | the task: its definition as JSON (`d`) and the fields scripts use (next run, last run, version, enabled, status, overlap, retry policy, whether its runs are tracked, tenant, a revision counter, the highest `scheduled_for` it started or recorded, its tracked running executions, the queued occurrence), plus its failed executions awaiting a retry (`w:<execution>`) |
+//! | `B:l:<task>` | list | the task's ended executions, each one string (a *record*), the latest to end first |
 //! | `B:due` | sorted set | enabled tasks by next run (the due index) |
-//! | `B:leases` | sorted set | running executions by lease end (the only place a lease is kept) |
-//! | `B:retry` | sorted set | failed attempts by the time their retry is due |
+//! | `B:leases` | sorted set | running executions by lease end: the member is the execution itself (id, fence and its immutable part), so a running execution is stored nowhere else |
+//! | `B:retry` | sorted set | the records of failed executions by the time their retry is due |
 //! | `B:tn:<tenant>` | sorted set | the tenant's tasks of this partition, by id |
+//!
+//! An execution is one string in one place: a member of `B:leases` while it
+//! runs; when it ends, its record (status, fence, finish time, error,
+//! output and the same immutable part) goes onto its task's list, or, if it
+//! failed and a retry follows, into the task hash and `B:retry` until the
+//! retry is claimed. There is no key per execution. The string formats are
+//! in the `scripts` module's docs.
 //!
 //! Plus `{P}:conf` (the partition count, checked when a store connects),
 //! `{P:nodes}` (a sorted set of the schedulers sharing the store, scored by
@@ -52,16 +58,27 @@
 //!   writes back a stale `next_run` or status), delete, claim, renew,
 //!   fenced finish, recovery and the retention trim (done inside the claim
 //!   and finish scripts). Nothing is read by the client and written back.
-//! - A claim costs the server a handful of commands: the task's
-//!   compare-and-set read, the due index, the new execution (hash, history,
-//!   lease index), the history's size and the task's bookkeeping write. The
-//!   uniqueness of `(scheduled_for, attempt)` is checked against the
-//!   history only for an occurrence no later than the latest recorded
-//!   (retries, manual runs in the past), and at the retention limit the
-//!   trim pops the oldest execution, looking further only when that one is
-//!   still running or awaiting a retry. A finish reads and writes the
-//!   execution and drops its lease. The durations are not stored: they
-//!   follow from the start and finish times.
+//! - A claim costs the server four commands: the task's compare-and-set
+//!   read and its bookkeeping write, the due index and the lease index (the
+//!   last two written once per partition per script call). A finish costs
+//!   two: the lease's removal and the record's push onto the task's list,
+//!   whose record the client builds (it holds the lease member it started
+//!   with). The uniqueness of `(scheduled_for, attempt)` is checked only
+//!   for an occurrence no later than the latest the task started or
+//!   recorded (retries, manual runs in the past): that reads the task's
+//!   list and scans the partition's leases. The durations are not stored:
+//!   they follow from the start and finish times.
+//! - Retention: the list is trimmed to the retention once it is an eighth
+//!   longer, and only its first `retention` records are read. A history is
+//!   the `retention` latest executions to end, plus those running and those
+//!   awaiting a retry, sorted on read by `(scheduled_for, attempt)`, newest
+//!   first. (The memory and PostgreSQL stores keep the newest by
+//!   `scheduled_for`; the two differ only when runs end out of order.)
+//! - What scans the partition's lease index (`ZSCAN ... MATCH`), so costs
+//!   in proportion to the executions running in the partition: reading a
+//!   task's history, deleting a task, switching a task to a tracked overlap
+//!   policy, an occurrence no later than the task's latest, and renewing or
+//!   finishing an execution this store instance did not start.
 //! - [`Store::claim`](tickwheel::Store::claim) groups the claims by
 //!   partition and sends one script call per partition, all at once on the
 //!   multiplexed connection. Each claim in a call is applied atomically and
@@ -73,9 +90,9 @@
 //! - Listing a tenant's tasks and the due scan read every partition and
 //!   merge in order (reading each in small chunks), so pages are in global
 //!   `id` / `(next_run, id)` order.
-//! - Renew and finish find an execution's partition from a map of the
-//!   executions this store started; one started through another store
-//!   instance is looked for in every partition. Results are sent in
+//! - Renew and finish find an execution's partition and lease member from a
+//!   map of the executions this store started; one started through another
+//!   store instance is looked for in every partition. Results are sent in
 //!   batches: those recorded while a batch is on the wire go in the next.
 //! - A lost claim answers with the task as it is now; the definition part
 //!   is left out of the reply when this store already holds it at that

@@ -989,3 +989,23 @@ return live
 "#;
 
 pub(crate) static HEARTBEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT));
+
+/// The key layout this version writes, recorded in `{prefix}:conf`
+/// (`layout`) by the first store to connect. Layout 2 (2026-11-29) keeps
+/// an execution as one string (module docs); layout 1, with a hash per
+/// execution, left no `layout` field.
+pub(crate) const LAYOUT: &str = "2";
+
+/// The prefix's settings, without [`BASE`]: `KEYS[1]` `{prefix}:conf`,
+/// `ARGV[1]` the partition count, `ARGV[2]` the layout. Records both if
+/// the prefix is new; returns the recorded partition count and layout
+/// (`1` for a prefix set up before layouts were recorded).
+const CONF: &str = r#"
+if redis.call('HSETNX', KEYS[1], 'partitions', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'layout', ARGV[2])
+end
+local p, l = unpack(redis.call('HMGET', KEYS[1], 'partitions', 'layout'))
+return {p, l or '1'}
+"#;
+
+pub(crate) static CONF_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CONF));

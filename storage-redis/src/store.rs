@@ -27,8 +27,8 @@ use crate::codec::{
 use crate::conn::Conn;
 use crate::feed::{self, Message};
 use crate::scripts::{
-    CLAIM_SCRIPT, CREATE_SCRIPT, DELETE_SCRIPT, DUE_SCRIPT, FINISH_SCRIPT, HEARTBEAT_SCRIPT,
-    HISTORY_SCRIPT, RECOVER_SCRIPT, RENEW_SCRIPT, UPDATE_SCRIPT,
+    CLAIM_SCRIPT, CONF_SCRIPT, CREATE_SCRIPT, DELETE_SCRIPT, DUE_SCRIPT, FINISH_SCRIPT,
+    HEARTBEAT_SCRIPT, HISTORY_SCRIPT, LAYOUT, RECOVER_SCRIPT, RENEW_SCRIPT, UPDATE_SCRIPT,
 };
 
 /// Default number of due-index partitions.
@@ -80,8 +80,9 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Executions kept per task (default 1000; running ones and failed
-    /// ones awaiting a retry are always kept).
+    /// Ended executions kept per task (default 1000): the latest to end.
+    /// Running ones and failed ones awaiting a retry are kept besides,
+    /// whatever their number.
     pub fn retention(mut self, retention: usize) -> Self {
         self.retention = retention.max(1);
         self
@@ -418,18 +419,19 @@ impl RedisStore {
     /// one recorded.
     async fn check_partitions(&self, partitions: u16) -> Result<(), Error> {
         let key = format!("{{{}}}:conf", self.shared.prefix);
-        let mut conn = self.shared.conn.clone();
-        let (_, recorded): (i64, String) = redis::pipe()
-            .cmd("HSETNX")
-            .arg(&key)
-            .arg("partitions")
-            .arg(partitions)
-            .cmd("HGET")
-            .arg(&key)
-            .arg("partitions")
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_error)?;
+        let mut inv = CONF_SCRIPT.prepare_invoke();
+        inv.key(&key).arg(partitions).arg(LAYOUT);
+        let (recorded, layout): (String, String) = self.eval(&inv).await?;
+        if layout != LAYOUT {
+            return Err(Error::invalid(
+                "prefix",
+                format!(
+                    "prefix {:?} holds data in an earlier key layout than this version's \
+                     ({LAYOUT}); delete its keys or use another prefix",
+                    self.shared.prefix
+                ),
+            ));
+        }
         if recorded != partitions.to_string() {
             return Err(Error::invalid(
                 "partitions",

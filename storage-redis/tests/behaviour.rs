@@ -234,6 +234,41 @@ async fn options_are_checked() {
     }
 }
 
+/// A prefix holding data in the earlier key layout (one hash per
+/// execution; its settings record no layout) is refused, not misread.
+#[tokio::test]
+async fn a_prefix_in_an_earlier_layout_is_refused() {
+    let Some(url) = single_url() else {
+        return;
+    };
+    let prefix = unique_prefix("layout");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("HSET")
+        .arg(format!("{{{prefix}}}:conf"))
+        .arg("partitions")
+        .arg(16)
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap();
+    match RedisStore::builder().prefix(&prefix).connect(&url).await {
+        Err(Error::Invalid { field, message }) => {
+            assert_eq!(field, "prefix");
+            assert!(message.contains("earlier key layout"), "{message}");
+        }
+        other => panic!("an earlier layout accepted: {other:?}"),
+    }
+    // A new prefix records this version's layout: a second store connects.
+    let fresh = unique_prefix("layout");
+    for _ in 0..2 {
+        RedisStore::builder()
+            .prefix(&fresh)
+            .connect(&url)
+            .await
+            .expect("this version's layout");
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_unavailable() {
     // A port nothing listens on: bind one, then let it go.
