@@ -115,12 +115,11 @@ fn number<T: std::str::FromStr>(bytes: &[u8]) -> Result<T, Error> {
         .ok_or_else(|| corrupt("bad stored number"))
 }
 
-/// The immutable part of an execution as stored in its hash's `c` field:
-/// task id, attempt (10 digits, as in the history's members), trigger,
-/// scheduled_for and started_at separated by spaces (the scripts read the
-/// first three), a space, then tenant and node, each as its length in
-/// bytes, `:`, and the bytes. The scripts write the same for the runs they
-/// start.
+/// The immutable part of an execution, which ends its lease member and
+/// its record: task id, attempt (10 digits), trigger, scheduled_for and
+/// started_at separated by spaces (the scripts read the first four), a
+/// space, then tenant and node, each as its length in bytes, `:`, and the
+/// bytes. The scripts write the same for the runs they start.
 pub(crate) fn exec_encoding(e: &Execution) -> String {
     let trigger = name_of(&e.trigger);
     let mut out = String::with_capacity(100 + e.tenant.len() + e.node.len());
@@ -154,9 +153,9 @@ fn decode_encoding(c: &[u8]) -> Result<[&[u8]; 7], Error> {
     for part in &mut parts[5..] {
         let colon = rest.iter().position(|&b| b == b':').ok_or_else(bad)?;
         let len: usize = number(&rest[..colon])?;
-        let bytes = rest.get(colon + 1..colon + 1 + len).ok_or_else(bad)?;
-        *part = bytes;
-        rest = &rest[colon + 1 + len..];
+        let end = (colon + 1).checked_add(len).ok_or_else(bad)?;
+        *part = rest.get(colon + 1..end).ok_or_else(bad)?;
+        rest = &rest[end..];
     }
     if !rest.is_empty() {
         return Err(bad());
@@ -193,19 +192,31 @@ pub(crate) fn lease_member(e: &Execution, tracked: bool) -> String {
     out
 }
 
-/// The error and output part of a record: `<error length>|<output
-/// length>|<error><output>`, a length empty for none.
-pub(crate) fn record_tail(error: Option<&str>, output: Option<&str>) -> String {
+/// Most bytes of error and output together kept in a record; longer ones
+/// are kept aside (see `scripts`).
+pub(crate) const INLINE_TEXT_MAX: usize = 256;
+
+/// The error and output part of a record, `<error length>|<output
+/// length>|<error><output>` (a length empty for none), and "". When the two
+/// texts are longer than [`INLINE_TEXT_MAX`] together: the part without
+/// them, its error length marked with `*`, and the texts to keep aside.
+pub(crate) fn record_tail(error: Option<&str>, output: Option<&str>) -> (String, String) {
     let len = |t: Option<&str>| t.map(|t| t.len().to_string()).unwrap_or_default();
-    let mut out =
-        String::with_capacity(16 + error.map_or(0, str::len) + output.map_or(0, str::len));
-    out.push_str(&len(error));
-    out.push('|');
-    out.push_str(&len(output));
-    out.push('|');
-    out.push_str(error.unwrap_or_default());
-    out.push_str(output.unwrap_or_default());
-    out
+    let (e, o) = (error.unwrap_or_default(), output.unwrap_or_default());
+    let aside = e.len() + o.len() > INLINE_TEXT_MAX;
+    let mut tail = String::with_capacity(16 + if aside { 0 } else { e.len() + o.len() });
+    if aside {
+        tail.push('*');
+    }
+    tail.push_str(&len(error));
+    tail.push('|');
+    tail.push_str(&len(output));
+    tail.push('|');
+    let mut texts = String::new();
+    let target = if aside { &mut texts } else { &mut tail };
+    target.push_str(e);
+    target.push_str(o);
+    (tail, texts)
 }
 
 /// Splits `n` `|`-terminated fields off the front of `s`.
@@ -252,8 +263,23 @@ pub(crate) fn exec_from_member(member: &[u8], lease: &[u8]) -> Result<Execution,
     })
 }
 
-/// An ended execution from its record (layout in `scripts`).
-pub(crate) fn exec_from_record(rec: &[u8]) -> Result<Execution, Error> {
+/// An execution id and its task id, as stored.
+pub(crate) type Ids<'a> = (&'a [u8], &'a [u8]);
+
+/// The execution id and task id of a record whose error and output are
+/// kept aside; `None` for a record that holds them.
+pub(crate) fn kept_aside(rec: &[u8]) -> Result<Option<Ids<'_>>, Error> {
+    let ([id, .., el, _], c) = fields::<8>(rec)?;
+    if el.first() != Some(&b'*') {
+        return Ok(None);
+    }
+    let [task, ..] = decode_encoding(c)?;
+    Ok(Some((id, task)))
+}
+
+/// An ended execution from its record (layout in `scripts`), with its
+/// error and output if they are kept aside.
+pub(crate) fn exec_from_record(rec: &[u8], aside: Option<&[u8]>) -> Result<Execution, Error> {
     let ([id, status, fence, fa, sa, retry, el, ol], rest) = fields::<8>(rec)?;
     let len = |l: &[u8]| -> Result<Option<usize>, Error> {
         if l.is_empty() {
@@ -262,10 +288,25 @@ pub(crate) fn exec_from_record(rec: &[u8]) -> Result<Execution, Error> {
             number(l).map(Some)
         }
     };
-    let (el, ol) = (len(el)?, len(ol)?);
     let bad = || corrupt("bad execution record");
-    let (error, rest) = rest.split_at_checked(el.unwrap_or(0)).ok_or_else(bad)?;
-    let (output, c) = rest.split_at_checked(ol.unwrap_or(0)).ok_or_else(bad)?;
+    // The texts: in the record before the encoding, or kept aside.
+    let (el, texts, c) = match el.split_first() {
+        Some((b'*', el)) => {
+            let texts =
+                aside.ok_or_else(|| corrupt("an execution's error and output are missing"))?;
+            (el, texts, rest)
+        }
+        _ => {
+            let n = len(el)?.unwrap_or(0) + len(ol)?.unwrap_or(0);
+            let (texts, c) = rest.split_at_checked(n).ok_or_else(bad)?;
+            (el, texts, c)
+        }
+    };
+    let (el, ol) = (len(el)?, len(ol)?);
+    let (error, output) = texts.split_at_checked(el.unwrap_or(0)).ok_or_else(bad)?;
+    if output.len() != ol.unwrap_or(0) {
+        return Err(bad());
+    }
     let [task, attempt, trigger, sf, claimed, tenant, node] = decode_encoding(c)?;
     let started_at = match opt_micros(sa)? {
         Some(at) => at,
@@ -292,12 +333,13 @@ pub(crate) fn exec_from_record(rec: &[u8]) -> Result<Execution, Error> {
     })
 }
 
-/// An execution from a script's reply item: `[record]`, or `[member,
-/// lease]` for a running one.
+/// An execution from a history reply item: `[E, record]`, `[E, record,
+/// its texts kept aside]`, or `[R, member, lease]` for a running one.
 pub(crate) fn exec_from_reply(items: &[Vec<u8>]) -> Result<Execution, Error> {
     match items {
-        [rec] => exec_from_record(rec),
-        [member, lease] => exec_from_member(member, lease),
+        [e, rec] if e == b"E" => exec_from_record(rec, None),
+        [e, rec, texts] if e == b"E" => exec_from_record(rec, Some(texts)),
+        [r, member, lease] if r == b"R" => exec_from_member(member, lease),
         _ => Err(corrupt("bad execution reply")),
     }
 }
@@ -445,27 +487,53 @@ mod tests {
         e.finished_at = Some(now + chrono::Duration::microseconds(7_999));
         e.duration_ms = Some(7);
         let e = trunc_exec(e);
-        // The record a script writes for it.
-        let rec = |e: &Execution| {
-            format!(
-                "{}|{}|{}|{}||{}|{}{}",
+        // The record a script writes for it, and the texts kept aside.
+        let rec_and_aside = |e: &Execution| {
+            let (tail, aside) = record_tail(e.error.as_deref(), e.output.as_deref());
+            let rec = format!(
+                "{}|{}|{}|{}||{}|{tail}{}",
                 e.id,
                 name_of(&e.status),
                 e.fence,
                 e.finished_at.map(micros).unwrap_or_default(),
                 e.retry_at.map(micros).unwrap_or_default(),
-                record_tail(e.error.as_deref(), e.output.as_deref()),
                 exec_encoding(e)
-            )
+            );
+            (rec, aside)
         };
+        let rec = |e: &Execution| rec_and_aside(e).0;
         let mut ended = e.clone();
         ended.lease_until = None;
-        assert_eq!(exec_from_record(rec(&ended).as_bytes()).unwrap(), ended);
+        assert_eq!(
+            exec_from_record(rec(&ended).as_bytes(), None).unwrap(),
+            ended
+        );
+        assert_eq!(kept_aside(rec(&ended).as_bytes()).unwrap(), None);
         assert_eq!(e.started_at.timestamp_subsec_nanos(), 123_456_000);
         let mut none = ended.clone();
         none.error = None;
         none.output = None;
-        assert_eq!(exec_from_record(rec(&none).as_bytes()).unwrap(), none);
+        assert_eq!(exec_from_record(rec(&none).as_bytes(), None).unwrap(), none);
+        // Long texts are kept aside: the record holds neither, and reads
+        // back whole with them.
+        let mut long = ended.clone();
+        long.error = Some("e|".repeat(100));
+        long.output = Some("o\0".repeat(30));
+        let (r, aside) = rec_and_aside(&long);
+        assert_eq!(aside.len(), 260);
+        assert!(!r.contains("e|e|"));
+        let id = long.id.to_string();
+        let task = long.task_id.to_string();
+        assert_eq!(
+            kept_aside(r.as_bytes()).unwrap(),
+            Some((id.as_bytes(), task.as_bytes()))
+        );
+        assert_eq!(
+            exec_from_record(r.as_bytes(), Some(aside.as_bytes())).unwrap(),
+            long
+        );
+        assert!(exec_from_record(r.as_bytes(), None).is_err());
+        assert!(exec_from_record(r.as_bytes(), Some(b"short")).is_err());
         // The duration counts from the actual start when one is stored,
         // and is never negative.
         let later = rec(&ended).replacen(
@@ -474,10 +542,12 @@ mod tests {
             1,
         );
         assert_eq!(
-            exec_from_record(later.as_bytes()).unwrap().duration_ms,
+            exec_from_record(later.as_bytes(), None)
+                .unwrap()
+                .duration_ms,
             Some(0)
         );
-        assert!(exec_from_record(b"x|succeeded|1|").is_err());
+        assert!(exec_from_record(b"x|succeeded|1|", None).is_err());
         // A running one reads back from its lease member and score.
         let mut running = e.clone();
         running.status = ExecutionStatus::Running;

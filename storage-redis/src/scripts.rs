@@ -27,7 +27,11 @@
 //! - finished: a *record* in its task's list,
 //!   `<id>|<status>|<fence>|<finished_at>|<actual start>|<retry_at>|<error
 //!   length>|<output length>|<error><output><c>`, where an empty length
-//!   means none and an empty actual start means the one in `c`;
+//!   means none and an empty actual start means the one in `c`. An error
+//!   and output longer than 256 bytes together are kept aside, in the hash
+//!   `B:o:<task>` under the execution's id: the record then marks its error
+//!   length with `*` and holds neither, so reading and sorting a history
+//!   stays cheap whatever the runs printed;
 //! - failed and awaiting a retry: the record (with its `retry_at`) in the
 //!   task hash's field `w:<id>` and as a member of `B:retry` scored by
 //!   `retry_at`, until the retry is claimed and the record, its `retry_at`
@@ -97,6 +101,7 @@ end
 use_base(ARGV[1])
 local function tkey(tid) return B .. ':t:' .. tid end
 local function lkey(tid) return B .. ':l:' .. tid end
+local function okey(tid) return B .. ':o:' .. tid end
 local function none(v) return (not v) or v == '' end
 "#;
 
@@ -122,8 +127,11 @@ local function rec_parts(r)
   local eid, st, fence, fa, _, retry, el, ol, pos =
     string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|()')
   local skip = 0
-  if el ~= '' then skip = skip + tonumber(el) end
-  if ol ~= '' then skip = skip + tonumber(ol) end
+  -- `*`: the error and output are kept aside, not in the record.
+  if string.sub(el, 1, 1) ~= '*' then
+    if el ~= '' then skip = skip + tonumber(el) end
+    if ol ~= '' then skip = skip + tonumber(ol) end
+  end
   return eid, st, fence, fa, retry, string.sub(r, pos + skip)
 end
 
@@ -171,10 +179,20 @@ local function record(eid, st, fence, fa, sa, retry, tail, c)
 end
 
 -- Adds a finished record to task `tid`'s history, trimming it to the
--- retention once it is an eighth longer.
+-- retention once it is an eighth longer (with the text kept aside for the
+-- records trimmed).
 local function push(tid, rec)
   local l = lkey(tid)
   if redis.call('LPUSH', l, rec) > RETENTION + math.floor(RETENTION / 8) then
+    local o = okey(tid)
+    if redis.call('EXISTS', o) == 1 then
+      local aside = {}
+      for _, r in ipairs(redis.call('LRANGE', l, RETENTION, -1)) do
+        local eid, el = string.match(r, '^([^|]*)|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|([^|]*)|')
+        if string.sub(el, 1, 1) == '*' then aside[#aside + 1] = eid end
+      end
+      if #aside > 0 then redis.call('HDEL', o, unpack(aside)) end
+    end
     redis.call('LTRIM', l, 0, RETENTION - 1)
   end
 end
@@ -473,7 +491,7 @@ end
 for _, pair in ipairs(running_of(tid)) do
   redis.call('ZREM', LEASES, pair[1])
 end
-redis.call('DEL', lkey(tid), t)
+redis.call('DEL', lkey(tid), okey(tid), t)
 redis.call('ZREM', DUE, tid)
 redis.call('ZREM', B .. ':tn:' .. tn, tid)
 redis.call('PUBLISH', channel, msg)
@@ -714,6 +732,10 @@ local function claim_other(tid, failed, at)
 end
 
 local out = {}
+-- Each claim is whole when the next begins, except for its batched index
+-- writes: if one fails (an error aborts the script, keeping what it wrote),
+-- those of the claims before it are written before the error is raised.
+local ok, err = pcall(function()
 local i = 5
 for n = 1, tonumber(ARGV[4]) do
   use_base(ARGV[i])
@@ -746,7 +768,9 @@ for n = 1, tonumber(ARGV[4]) do
     out[n] = claim_other(tid, failed, at)
   end
 end
+end)
 flush()
+if not ok then error(err) end
 return out
 "#;
 
@@ -788,7 +812,8 @@ return {'ok', m}
 /// execution's lease member as the client knows it with that fence (""
 /// unknown), and if known its task id and tracked flag (else ""), then its
 /// record as it will be stored: whole if the member is known, else without
-/// the encoding `c` (which the script appends from the member it finds).
+/// the encoding `c` (which the script appends from the member it finds);
+/// last its error and output when they are kept aside ("" if not).
 /// Returns one reply per result: `{'OK'}`, `{'OK', started member, its
 /// lease}`, `{'C', 'gone'}`, `{'C', 'taken'}` or `{'I'}` (status
 /// `running`). The same result sent twice (a reply lost with the
@@ -827,9 +852,9 @@ local function settled(eid, fence, status, fa, tid)
 end
 
 local function finish_one(at)
-  local eid, fence, status, fa, retry, node, lease, m, tid, tracked, rec =
+  local eid, fence, status, fa, retry, node, lease, m, tid, tracked, rec, aside =
     ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5], ARGV[at + 6],
-    ARGV[at + 7], ARGV[at + 8], ARGV[at + 9], ARGV[at + 10], ARGV[at + 11]
+    ARGV[at + 7], ARGV[at + 8], ARGV[at + 9], ARGV[at + 10], ARGV[at + 11], ARGV[at + 12]
   if status == 'running' then return RUNNING end
   if m == '' or redis.call('ZREM', LEASES, m) == 0 then
     -- Not running as the client knew it: started elsewhere, rewritten
@@ -848,6 +873,7 @@ local function finish_one(at)
     redis.call('HSET', tkey(tid), 'w:' .. eid, rec)
     redis.call('ZADD', RETRY, retry, rec)
   end
+  if aside ~= '' then redis.call('HSET', okey(tid), eid, aside) end
   if tracked ~= '1' then return OK end
   local _, _, _, c = member_parts(m)
   local _, _, trig = exec_meta(c)
@@ -861,7 +887,7 @@ local at = 4
 for k = 1, tonumber(ARGV[3]) do
   use_base(ARGV[at])
   out[k] = finish_one(at)
-  at = at + 12
+  at = at + 13
 end
 flush()
 return out
@@ -906,7 +932,8 @@ return out
 /// One task's history. ARGV[3..]: task id, tenant, offset, limit, status
 /// ("" any). Returns `{'notfound'}` or `{total, item, item, ...}`, newest
 /// (by scheduled_for, then attempt, then id) first, where an item is
-/// `{record}` or, for a running execution, `{member, lease}`.
+/// `{'E', record}` (`{'E', record, text}` when its error and output are
+/// kept aside) or, for a running execution, `{'R', member, lease}`.
 const HISTORY: &str = r#"
 local tid, tn, offset, limit, status =
   ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
@@ -919,7 +946,7 @@ local function add(eid, c, reply)
 end
 local function add_record(r)
   local eid, st, _, _, _, c = rec_parts(r)
-  if status == '' or st == status then add(eid, c, {r}) end
+  if status == '' or st == status then add(eid, c, {'E', r}) end
 end
 for _, r in ipairs(redis.call('LRANGE', lkey(tid), 0, RETENTION - 1)) do add_record(r) end
 local f = redis.call('HGETALL', t)
@@ -929,7 +956,7 @@ end
 if status == '' or status == 'running' then
   for _, pair in ipairs(running_of(tid)) do
     local eid, _, _, c = member_parts(pair[1])
-    add(eid, c, pair)
+    add(eid, c, {'R', pair[1], pair[2]})
   end
 end
 table.sort(items, function(a, b)
@@ -938,8 +965,13 @@ table.sort(items, function(a, b)
   return a[3] > b[3]
 end)
 local out = {#items}
+local o = okey(tid)
 for k = offset + 1, math.min(offset + limit, #items) do
-  out[#out + 1] = items[k][4]
+  local item = items[k][4]
+  if item[1] == 'E' and string.match(item[2], '^[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|%*') then
+    item[3] = redis.call('HGET', o, items[k][3]) or ''
+  end
+  out[#out + 1] = item
 end
 return out
 "#;

@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
     TASK_FIELDS, TaskFields, array, bytes, corrupt, exec_encoding, exec_from_member,
-    exec_from_record, exec_from_reply, lease_member, micros, name_of, opt_strings, overlay,
-    parse_micros, record_tail, redis_error, strings, task_from_fields, trunc_exec, trunc_task,
+    exec_from_record, exec_from_reply, kept_aside, lease_member, micros, name_of, opt_strings,
+    overlay, parse_micros, record_tail, redis_error, strings, task_from_fields, trunc_exec,
+    trunc_task,
 };
 use crate::conn::Conn;
 use crate::feed::{self, Message};
@@ -264,6 +265,8 @@ struct FinishItem {
     /// The record to store: whole when the member is known, else without
     /// the encoding, which the script appends.
     record: String,
+    /// The error and output when kept aside ("" if in the record).
+    aside: String,
 }
 
 impl FinishItem {
@@ -276,12 +279,12 @@ impl FinishItem {
         };
         let finished_at = micros(f.finished_at);
         let id = f.id.to_string();
+        let (tail, aside) = record_tail(error.as_deref(), output.as_deref());
         let mut record = format!(
-            "{id}|{}|{}|{finished_at}|{}|{retry_at}|{}",
+            "{id}|{}|{}|{finished_at}|{}|{retry_at}|{tail}",
             name_of(&f.status),
             f.fence + 1,
             f.started_at.map(micros).unwrap_or_default(),
-            record_tail(error.as_deref(), output.as_deref()),
         );
         let known = member.and_then(|m| {
             let (fence, tracked, c) = member_parts(m)?;
@@ -307,6 +310,7 @@ impl FinishItem {
             task,
             tracked,
             record,
+            aside,
         }
     }
 
@@ -323,7 +327,8 @@ impl FinishItem {
             .arg(&self.member)
             .arg(&self.task)
             .arg(&self.tracked)
-            .arg(&self.record);
+            .arg(&self.record)
+            .arg(&self.aside);
     }
 }
 
@@ -685,7 +690,7 @@ impl RedisStore {
         Ok(Some(match kind.as_slice() {
             b"S" => ClaimOutcome::Started(started(claim, !rest.is_empty())?),
             b"K" => match strings(rest)?.as_slice() {
-                [rec] => ClaimOutcome::Skipped(exec_from_record(rec)?),
+                [rec] => ClaimOutcome::Skipped(exec_from_record(rec, None)?),
                 _ => return Err(corrupt("bad skipped reply")),
             },
             b"Q" => ClaimOutcome::Queued,
@@ -1066,10 +1071,31 @@ impl RedisStore {
                     .query_async(&mut conn)
                     .await
                     .map_err(redis_error)?;
-                let out = records
-                    .iter()
-                    .map(|rec| exec_from_record(rec))
-                    .collect::<Result<Vec<_>, _>>()?;
+                // The texts kept aside, for the records that need them.
+                let mut pipe = redis::pipe();
+                let mut aside = Vec::with_capacity(records.len());
+                for rec in &records {
+                    let kept = kept_aside(rec)?;
+                    if let Some((id, task)) = kept {
+                        pipe.cmd("HGET")
+                            .arg(format!("{}:o:{}", self.base(p), id_text(task)?))
+                            .arg(id);
+                    }
+                    aside.push(kept.is_some());
+                }
+                let mut texts: std::vec::IntoIter<Option<Vec<u8>>> = if aside.contains(&true) {
+                    pipe.query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
+                        .await
+                        .map_err(redis_error)?
+                        .into_iter()
+                } else {
+                    Vec::new().into_iter()
+                };
+                let mut out = Vec::with_capacity(records.len());
+                for (rec, kept) in records.iter().zip(aside) {
+                    let text = if kept { texts.next().flatten() } else { None };
+                    out.push(exec_from_record(rec, text.as_deref())?);
+                }
                 Ok::<_, Error>(out)
             }
         });
@@ -1094,17 +1120,20 @@ impl RedisStore {
                     .arg(fence)
                     .arg(micros(until))
                     .arg(member);
-                let reply = strings(&array(self.eval::<Value>(&inv).await?)?)?;
-                Ok::<_, Error>((p, reply))
+                strings(&array(self.eval::<Value>(&inv).await?)?)
             });
         let answers = try_join_all(tries).await?;
         let mut taken = false;
-        for (p, reply) in answers {
+        for reply in answers {
             match reply.as_slice() {
                 [ok, member] if ok == b"ok" => {
                     // The member may have been rewritten (a policy switch
-                    // made its end update its task).
-                    self.remember(id, p, id_text(member)?);
+                    // made its end update its task). Only an entry still
+                    // here is updated: a finish may have removed it since.
+                    let member = id_text(member)?;
+                    if let Some(o) = self.owners().get_mut(&id) {
+                        o.member = member;
+                    }
                     return Ok(());
                 }
                 [taken_] if taken_ == b"taken" => taken = true,
@@ -1438,7 +1467,7 @@ impl Store for RedisStore {
             for entry in array(self.eval::<Value>(&inv).await?)? {
                 match strings(&array(entry)?)?.as_slice() {
                     [kind, rec] if kind == b"A" => {
-                        let e = exec_from_record(rec)?;
+                        let e = exec_from_record(rec, None)?;
                         self.forget(e.id);
                         remaining = remaining.saturating_sub(1);
                         out.abandoned.push(e);
@@ -1629,7 +1658,7 @@ mod tests {
             if i == 1 {
                 let record = |reply: Vec<Value>| {
                     let items = array(reply.into_iter().next().unwrap()).unwrap();
-                    exec_from_record(&strings(&items[1..]).unwrap()[0]).unwrap()
+                    exec_from_record(&strings(&items[1..]).unwrap()[0], None).unwrap()
                 };
                 assert_eq!(record(first), record(again), "the same skipped record");
             }

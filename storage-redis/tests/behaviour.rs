@@ -585,3 +585,70 @@ async fn a_queued_occurrence_keeps_its_claims_id_and_leases_read_back() {
         "an ended run has no lease"
     );
 }
+
+/// Long errors and outputs are kept out of the history's records and read
+/// back whole: in history pages and in due retries; the trim and the
+/// task's deletion drop them with their records.
+#[tokio::test]
+async fn long_texts_are_kept_aside_and_read_back() {
+    let Some(url) = single_url() else {
+        return;
+    };
+    let prefix = unique_prefix("aside");
+    let Some(store) = single_store(&prefix, 2).await else {
+        return;
+    };
+    let policy = Policy {
+        max_retries: 1,
+        ..Policy::default()
+    };
+    let task = every_minute(&store, "aside", policy).await;
+    let t0 = task.next_run.unwrap();
+    let at = |i: i64| t0 + Duration::seconds(60 * i);
+    let long = |c: &str| c.repeat(300);
+    // A failed run awaiting its retry, with long texts.
+    let failed = start(&store, manual(&task, at(1))).await;
+    let mut f = succeeded(&failed, at(1));
+    f.status = ExecutionStatus::Failed;
+    f.error = Some(long("e"));
+    f.output = Some(long("o|"));
+    f.retry_at = Some(at(100));
+    store.finish(f).await.unwrap();
+    let retries = store.due_retries(at(100), 10).await.unwrap();
+    assert_eq!(retries.len(), 1);
+    assert_eq!(retries[0].error.as_deref(), Some(long("e").as_str()));
+    assert_eq!(retries[0].output.as_deref(), Some(long("o|").as_str()));
+    // Runs with long output, more than the retention of 2.
+    for i in 2..=5 {
+        let e = start(&store, manual(&task, at(i))).await;
+        let mut f = succeeded(&e, at(i));
+        f.output = Some(long(&i.to_string()));
+        store.finish(f).await.unwrap();
+    }
+    let h = history_of(&store, "aside", &task).await;
+    let outputs: Vec<_> = h.iter().map(|e| e.output.clone().unwrap()).collect();
+    assert_eq!(
+        outputs,
+        vec![long("5"), long("4"), long("o|")],
+        "the two latest ends, then the retry awaiting"
+    );
+    // Texts aside: the failed run's and those of the two records kept (at
+    // a retention of 2 the list is trimmed as soon as it holds 3).
+    let (_, low) = task.id.as_uuid().as_u64_pair();
+    let aside_key = format!("{{{prefix}:p{}}}:o:{}", low % 16, task.id);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let kept: usize = redis::cmd("HLEN")
+        .arg(&aside_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, 3, "the retry's and the two records' texts");
+    store.delete_task("aside", task.id).await.unwrap();
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&aside_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "deleting the task drops its texts");
+}
