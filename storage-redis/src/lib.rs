@@ -73,7 +73,12 @@
 //!   the `retention` latest executions to end, plus those running and those
 //!   awaiting a retry, sorted on read by `(scheduled_for, attempt)`, newest
 //!   first. (The memory and PostgreSQL stores keep the newest by
-//!   `scheduled_for`; the two differ only when runs end out of order.)
+//!   `scheduled_for` and count running runs and those awaiting a retry in
+//!   the limit: they keep fewer ended runs while some run, and a run that
+//!   ends late for an old occurrence may be the one they drop.) An error and
+//!   output longer than 256 bytes together are kept beside the list (a hash
+//!   per task) and fetched for the page read, so a history read costs the
+//!   same whatever the runs printed.
 //! - What scans the partition's lease index (`ZSCAN ... MATCH`), so costs
 //!   in proportion to the executions running in the partition: reading a
 //!   task's history, deleting a task, switching a task to a tracked overlap
@@ -86,7 +91,13 @@
 //!   and overlap policy. A claim batch whose reply is lost with the
 //!   connection is re-sent for a few seconds: a claim whose execution id is
 //!   already stored is answered as it was the first time, never applied
-//!   twice. Likewise a finish re-sent after its reply was lost succeeds.
+//!   twice. Likewise a finish re-sent after its reply was lost succeeds,
+//!   when the store instance that sends it started the run (its usual
+//!   case: the instance that claims a run finishes it). Not built: a
+//!   re-sent finish for a run this instance did not start (one started
+//!   before a process restart, say) finds no record to compare with once
+//!   the first send ended the run, and is answered as a conflict; the
+//!   result is stored, the engine logs the run as taken over.
 //! - Listing a tenant's tasks and the due scan read every partition and
 //!   merge in order (reading each in small chunks), so pages are in global
 //!   `id` / `(next_run, id)` order.

@@ -819,8 +819,9 @@ return {'ok', m}
 /// `running`). The same result sent twice (a reply lost with the
 /// connection) is `{'OK'}` the second time.
 ///
-/// The usual result (the member known and still running) costs two
-/// commands, the lease's `ZREM` and the history's `LPUSH`, and parses
+/// The usual result (the member known and still running, its task's runs
+/// not tracked) costs two commands, the lease's `ZREM` and the history's
+/// `LPUSH` (and an `LTRIM` once per eighth of the retention), and parses
 /// nothing.
 const FINISH: &str = r#"
 -- Replies without data, shared by every result that gets them.
