@@ -81,7 +81,10 @@ local RETENTION = tonumber(ARGV[2])
 -- end.
 local due_add, lease_add = {}, {}
 local B, DUE, LEASES, RETRY
+-- How many flushes ran (CLAIM's error path needs to know).
+local flushes = 0
 local function flush()
+  flushes = flushes + 1
   if #due_add > 0 then
     redis.call('ZADD', DUE, unpack(due_add))
     due_add = {}
@@ -733,12 +736,15 @@ end
 
 local out = {}
 -- Each claim is whole when the next begins, except for its batched index
--- writes: if one fails (an error aborts the script, keeping what it wrote),
--- those of the claims before it are written before the error is raised.
+-- writes. If one fails (an error aborts the script, keeping what it
+-- wrote), those of the claims before it are written, its own still
+-- pending are dropped, and the error is returned with its code.
+local mark_due, mark_lease, mark_flushes = 0, 0, 0
 local ok, err = pcall(function()
 local i = 5
 for n = 1, tonumber(ARGV[4]) do
   use_base(ARGV[i])
+  mark_due, mark_lease, mark_flushes = #due_add, #lease_add, flushes
   local tid, kind = ARGV[i + 1], ARGV[i + 2]
   i = i + 3
   local s, failed = i, nil
@@ -769,8 +775,18 @@ for n = 1, tonumber(ARGV[4]) do
   end
 end
 end)
+if not ok then
+  -- A flush during the failing claim wrote what came before it.
+  if flushes ~= mark_flushes then mark_due, mark_lease = 0, 0 end
+  for k = #due_add, mark_due + 1, -1 do due_add[k] = nil end
+  for k = #lease_add, mark_lease + 1, -1 do lease_add[k] = nil end
+end
 flush()
-if not ok then error(err) end
+if not ok then
+  if type(err) == 'table' then error(err) end
+  if type(err) == 'string' and string.match(err, '^%u+ ') then return redis.error_reply(err) end
+  error(err, 0)
+end
 return out
 "#;
 
@@ -970,7 +986,7 @@ local o = okey(tid)
 for k = offset + 1, math.min(offset + limit, #items) do
   local item = items[k][4]
   if item[1] == 'E' and string.match(item[2], '^[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|%*') then
-    item[3] = redis.call('HGET', o, items[k][3]) or ''
+    item[3] = redis.call('HGET', o, items[k][3]) or nil
   end
   out[#out + 1] = item
 end

@@ -1094,6 +1094,11 @@ impl RedisStore {
                 let mut out = Vec::with_capacity(records.len());
                 for (rec, kept) in records.iter().zip(aside) {
                     let text = if kept { texts.next().flatten() } else { None };
+                    if kept && text.is_none() {
+                        // Its task was deleted between the two reads: the
+                        // retry is gone with it.
+                        continue;
+                    }
                     out.push(exec_from_record(rec, text.as_deref())?);
                 }
                 Ok::<_, Error>(out)

@@ -652,3 +652,86 @@ async fn long_texts_are_kept_aside_and_read_back() {
         .unwrap();
     assert_eq!(exists, 0, "deleting the task drops its texts");
 }
+
+/// A claim that fails inside a batch (here its history key holds the wrong
+/// type) leaves the claims before it whole, its own batched index writes
+/// undone, and comes back with Redis's error code.
+#[tokio::test]
+async fn a_claim_failing_mid_batch_leaves_the_others_whole() {
+    let Some(url) = single_url() else {
+        return;
+    };
+    let prefix = unique_prefix("fail");
+    let Some(store) = single_store(&prefix, 50).await else {
+        return;
+    };
+    let partition = |t: &tickwheel::Task| t.id.as_uuid().as_u64_pair().1 % 16;
+    // Two tasks, the first in a partition the call reaches first.
+    let (a, b) = loop {
+        let a = every_minute(&store, "fail", Policy::default()).await;
+        let b = every_minute(&store, "fail", Policy::default()).await;
+        if partition(&a) < partition(&b) {
+            break (a, b);
+        }
+    };
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("SET")
+        .arg(format!("{{{prefix}:p{}}}:l:{}", partition(&b), b.id))
+        .arg("not a list")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let scheduled = |t: &tickwheel::Task, missed: Vec<DateTime<Utc>>| {
+        let at = t.next_run.unwrap();
+        Claim {
+            task_id: t.id,
+            kind: ClaimKind::Scheduled {
+                expected_next_run: at,
+                expected_version: t.version,
+                new_next_run: Some(at + Duration::seconds(60)),
+            },
+            execution: Some(Execution::start(
+                t,
+                at,
+                1,
+                Trigger::Schedule,
+                "n",
+                at,
+                at + Duration::seconds(30),
+            )),
+            missed,
+            node: "n".to_owned(),
+            now: at,
+        }
+    };
+    let before = b.next_run.unwrap() - Duration::seconds(60);
+    let err = store
+        .claim(vec![scheduled(&a, Vec::new()), scheduled(&b, vec![before])])
+        .await
+        .expect_err("the second claim cannot write its missed record");
+    let text = err.to_string();
+    assert!(text.contains("WRONGTYPE"), "{text}");
+    assert!(!text.contains("user_script"), "{text}");
+    let due = store
+        .due_tasks(None, Utc::now() + Duration::days(1), 100)
+        .await
+        .unwrap();
+    let next = |t: &tickwheel::Task| due.iter().find(|x| x.id == t.id).unwrap().next_run;
+    assert_eq!(next(&a), a.next_run.map(|n| n + Duration::seconds(60)));
+    assert_eq!(next(&b), b.next_run, "the failed claim moved nothing");
+    let score: f64 = redis::cmd("ZSCORE")
+        .arg(format!("{{{prefix}:p{}}}:due", partition(&b)))
+        .arg(b.id.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        score as i64,
+        b.next_run.unwrap().timestamp_micros(),
+        "nor its due index entry"
+    );
+    let h = history_of(&store, "fail", &a).await;
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0].status, ExecutionStatus::Running);
+}
