@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use redis::{RedisError, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tickwheel::{Error, Execution, ExecutionStatus, Overlap, Task};
+use tickwheel::{Error, Execution, ExecutionId, ExecutionStatus, Overlap, Task};
 
 pub(crate) const BACKEND: &str = "redis";
 
@@ -183,13 +183,19 @@ pub(crate) fn trunc_exec(mut e: Execution) -> Execution {
 }
 
 /// The lease member of a running execution: `<id>|<fence>|<tracked>|<c>`
-/// (`tracked`: its end updates its task), `c` as [`exec_encoding`].
-pub(crate) fn lease_member(e: &Execution, tracked: bool) -> String {
-    let c = exec_encoding(e);
+/// (`tracked`: its end updates its task), `c` its [`exec_encoding`].
+pub(crate) fn lease_member(id: ExecutionId, fence: u64, tracked: bool, c: &str) -> String {
     let mut out = String::with_capacity(c.len() + 44);
     // Writing to a String cannot fail.
-    let _ = write!(out, "{}|{}|{}|{c}", e.id, e.fence, u8::from(tracked));
+    let _ = write!(out, "{id}|{fence}|{}|{c}", u8::from(tracked));
     out
+}
+
+/// The fence, tracked flag and encoding of a [`lease_member`].
+pub(crate) fn member_parts(m: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = m.splitn(4, '|');
+    let _id = parts.next()?;
+    Some((parts.next()?, parts.next()?, parts.next()?))
 }
 
 /// Most bytes of error and output together kept in a record; longer ones
@@ -553,7 +559,7 @@ mod tests {
         running.status = ExecutionStatus::Running;
         (running.error, running.output, running.retry_at) = (None, None, None);
         (running.finished_at, running.duration_ms) = (None, None);
-        let member = lease_member(&running, true);
+        let member = lease_member(running.id, running.fence, true, &exec_encoding(&running));
         let lease = running.lease_until.map(micros).unwrap();
         assert_eq!(
             exec_from_member(member.as_bytes(), lease.as_bytes()).unwrap(),

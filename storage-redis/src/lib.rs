@@ -72,13 +72,13 @@
 //!   longer, and only its first `retention` records are read. A history is
 //!   the `retention` latest executions to end, plus those running and those
 //!   awaiting a retry, sorted on read by `(scheduled_for, attempt)`, newest
-//!   first. (The memory and PostgreSQL stores keep the newest by
-//!   `scheduled_for` and count running runs and those awaiting a retry in
-//!   the limit: they keep fewer ended runs while some run, and a run that
-//!   ends late for an old occurrence may be the one they drop.) An error and
+//!   first. (The memory and PostgreSQL stores drop the oldest by
+//!   `scheduled_for`, so a run that ends late for an old occurrence may be
+//!   the one they drop where Redis keeps it; the memory store also counts
+//!   running runs and those awaiting a retry in the limit.) An error and
 //!   output longer than 256 bytes together are kept beside the list (a hash
-//!   per task) and fetched for the page read, so a history read costs the
-//!   same whatever the runs printed.
+//!   per task) and fetched only for the page read: a record holds at most
+//!   256 bytes of text, however much the run printed.
 //! - What scans the partition's lease index (`ZSCAN ... MATCH`), so costs
 //!   in proportion to the executions running in the partition: reading a
 //!   task's history, deleting a task, switching a task to a tracked overlap

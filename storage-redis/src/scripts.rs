@@ -31,7 +31,7 @@
 //!   and output longer than 256 bytes together are kept aside, in the hash
 //!   `B:o:<task>` under the execution's id: the record then marks its error
 //!   length with `*` and holds neither, so reading and sorting a history
-//!   stays cheap whatever the runs printed;
+//!   reads at most 256 bytes of text per record;
 //! - failed and awaiting a retry: the record (with its `retry_at`) in the
 //!   task hash's field `w:<id>` and as a member of `B:retry` scored by
 //!   `retry_at`, until the retry is claimed and the record, its `retry_at`
@@ -138,25 +138,49 @@ local function rec_parts(r)
   return eid, st, fence, fa, retry, string.sub(r, pos + skip)
 end
 
--- The running executions of task `tid` in this partition, as {member,
--- lease score} pairs, from a scan of the lease index.
-local function running_of(tid)
+-- The id of record `r` if its error and output are kept aside, else nil.
+local function aside_id(r)
+  local eid, el = string.match(r, '^([^|]*)|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|([^|]*)|')
+  if string.sub(el, 1, 1) == '*' then return eid end
+  return nil
+end
+
+-- The record of execution `eid` in task `tid`'s list, or nil.
+local function find_record(tid, eid)
+  local prefix = eid .. '|'
+  for _, r in ipairs(redis.call('LRANGE', lkey(tid), 0, -1)) do
+    if string.sub(r, 1, #prefix) == prefix then return r end
+  end
+  return nil
+end
+
+-- Calls `visit(member, lease)` once for each member of the partition's
+-- lease index matching the glob `pattern`, until it returns true.
+local function scan_leases(pattern, visit)
   flush()
-  local out, seen = {}, {}
+  local seen = {}
   local cursor = '0'
   repeat
-    local r = redis.call('ZSCAN', LEASES, cursor, 'MATCH', '*|' .. tid .. ' *', 'COUNT', 1000)
+    local r = redis.call('ZSCAN', LEASES, cursor, 'MATCH', pattern, 'COUNT', 1000)
     cursor = r[1]
     local f = r[2]
     for k = 1, #f, 2 do
-      local m = f[k]
-      if not seen[m] then
-        seen[m] = true
-        local _, _, _, c = member_parts(m)
-        if exec_meta(c) == tid then out[#out + 1] = {m, f[k + 1]} end
+      if not seen[f[k]] then
+        seen[f[k]] = true
+        if visit(f[k], f[k + 1]) then return end
       end
     end
   until cursor == '0'
+end
+
+-- The running executions of task `tid` in this partition, as {member,
+-- lease score} pairs.
+local function running_of(tid)
+  local out = {}
+  scan_leases('*|' .. tid .. ' *', function(m, lease)
+    local _, _, _, c = member_parts(m)
+    if exec_meta(c) == tid then out[#out + 1] = {m, lease} end
+  end)
   return out
 end
 "#;
@@ -191,8 +215,7 @@ local function push(tid, rec)
     if redis.call('EXISTS', o) == 1 then
       local aside = {}
       for _, r in ipairs(redis.call('LRANGE', l, RETENTION, -1)) do
-        local eid, el = string.match(r, '^([^|]*)|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|([^|]*)|')
-        if string.sub(el, 1, 1) == '*' then aside[#aside + 1] = eid end
+        aside[#aside + 1] = aside_id(r)
       end
       if #aside > 0 then redis.call('HDEL', o, unpack(aside)) end
     end
@@ -250,6 +273,17 @@ local function start_exec(tid, hs, id, sf, att, fence, c, lease, tracked)
   return hs, m
 end
 
+-- Keeps the record `rec` of execution `eid` of task `tid`: in its history,
+-- or awaiting its retry at `retry` ('' none).
+local function keep_record(tid, eid, rec, retry)
+  if retry == '' then
+    push(tid, rec)
+  else
+    redis.call('HSET', tkey(tid), 'w:' .. eid, rec)
+    redis.call('ZADD', RETRY, retry, rec)
+  end
+end
+
 -- Ends the running execution with lease member `m` of task `tid` (whose
 -- hash is known to exist): its lease dropped, its record (`status`, fence
 -- bumped, finished at `fa`, actual start `sa`, `retry` ('' none), `tail`)
@@ -258,12 +292,7 @@ local function end_exec(tid, m, status, fa, sa, retry, tail)
   local eid, fence, _, c = member_parts(m)
   redis.call('ZREM', LEASES, m)
   local rec = record(eid, status, fmt(tonumber(fence) + 1), fa, sa, retry, tail, c)
-  if retry == '' then
-    push(tid, rec)
-  else
-    redis.call('HSET', tkey(tid), 'w:' .. eid, rec)
-    redis.call('ZADD', RETRY, retry, rec)
-  end
+  keep_record(tid, eid, rec, retry)
   return rec
 end
 "#;
@@ -549,13 +578,10 @@ local function replay(tid, at)
   local eid, fence, c = ARGV[at], ARGV[at + 5], ARGV[at + 7]
   if redis.call('ZSCORE', LEASES, eid .. '|' .. fence .. '|0|' .. c) then return STARTED end
   if redis.call('ZSCORE', LEASES, eid .. '|' .. fence .. '|1|' .. c) then return TRACKED end
-  local prefix = eid .. '|'
-  for _, r in ipairs(redis.call('LRANGE', lkey(tid), 0, -1)) do
-    if string.sub(r, 1, #prefix) == prefix then
-      local _, st = rec_parts(r)
-      if st == 'skipped' then return {'K', r} end
-      return nil
-    end
+  local r = find_record(tid, eid)
+  if r then
+    local _, st = rec_parts(r)
+    if st == 'skipped' then return {'K', r} end
   end
   return nil
 end
@@ -792,19 +818,16 @@ return out
 
 /// Finding a running execution by id alone (RENEW, FINISH).
 const FIND: &str = r#"
--- The lease member of running execution `eid` in this partition, or nil,
--- from a scan of the lease index.
+-- The lease member of running execution `eid` in this partition, or nil.
 local function find_member(eid)
-  local cursor = '0'
-  repeat
-    local r = redis.call('ZSCAN', LEASES, cursor, 'MATCH', eid .. '|*', 'COUNT', 1000)
-    cursor = r[1]
-    local f = r[2]
-    for k = 1, #f, 2 do
-      if member_parts(f[k]) == eid then return f[k] end
+  local found = nil
+  scan_leases(eid .. '|*', function(m)
+    if member_parts(m) == eid then
+      found = m
+      return true
     end
-  until cursor == '0'
-  return nil
+  end)
+  return found
 end
 "#;
 
@@ -852,16 +875,9 @@ local function settled(eid, fence, status, fa, tid)
     local _, st, f, at = rec_parts(r)
     return st == status and tonumber(f) == tonumber(fence) + 1 and at == fa
   end
-  local prefix = eid .. '|'
-  for _, r in ipairs(redis.call('LRANGE', lkey(tid), 0, -1)) do
-    if string.sub(r, 1, #prefix) == prefix then
-      if applied(r) then return OK end
-      return TAKEN
-    end
-  end
-  local w = redis.call('HGET', tkey(tid), 'w:' .. eid)
-  if w then
-    if applied(w) then return OK end
+  local r = find_record(tid, eid) or redis.call('HGET', tkey(tid), 'w:' .. eid)
+  if r then
+    if applied(r) then return OK end
     return TAKEN
   end
   if redis.call('EXISTS', tkey(tid)) == 1 then return TAKEN end
@@ -884,12 +900,7 @@ local function finish_one(at)
     if m == '' then rec = rec .. c end
     m, tid, tracked = found, exec_meta(c), tr
   end
-  if retry == '' then
-    push(tid, rec)
-  else
-    redis.call('HSET', tkey(tid), 'w:' .. eid, rec)
-    redis.call('ZADD', RETRY, retry, rec)
-  end
+  keep_record(tid, eid, rec, retry)
   if aside ~= '' then redis.call('HSET', okey(tid), eid, aside) end
   if tracked ~= '1' then return OK end
   local _, _, _, c = member_parts(m)
@@ -985,7 +996,7 @@ local out = {#items}
 local o = okey(tid)
 for k = offset + 1, math.min(offset + limit, #items) do
   local item = items[k][4]
-  if item[1] == 'E' and string.match(item[2], '^[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|%*') then
+  if item[1] == 'E' and aside_id(item[2]) then
     item[3] = redis.call('HGET', o, items[k][3]) or nil
   end
   out[#out + 1] = item

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
     TASK_FIELDS, TaskFields, array, bytes, corrupt, exec_encoding, exec_from_member,
-    exec_from_record, exec_from_reply, kept_aside, lease_member, micros, name_of, opt_strings,
-    overlay, parse_micros, record_tail, redis_error, strings, task_from_fields, trunc_exec,
-    trunc_task,
+    exec_from_record, exec_from_reply, kept_aside, lease_member, member_parts, micros, name_of,
+    opt_strings, overlay, parse_micros, record_tail, redis_error, strings, task_from_fields,
+    trunc_exec, trunc_task,
 };
 use crate::conn::Conn;
 use crate::feed::{self, Message};
@@ -270,7 +270,7 @@ struct FinishItem {
 }
 
 impl FinishItem {
-    fn new(f: Finish, member: Option<&str>) -> Self {
+    fn new(f: Finish, member: Option<String>) -> Self {
         let error = f.error.map(|s| truncate(s, MAX_ERROR_BYTES));
         let output = f.output.map(|s| truncate(s, MAX_OUTPUT_BYTES));
         let retry_at = match f.status {
@@ -286,16 +286,18 @@ impl FinishItem {
             f.fence + 1,
             f.started_at.map(micros).unwrap_or_default(),
         );
-        let known = member.and_then(|m| {
-            let (fence, tracked, c) = member_parts(m)?;
-            (fence == f.fence.to_string()).then_some((m, tracked, c))
-        });
+        let known = member
+            .as_deref()
+            .and_then(member_parts)
+            .and_then(|(fence, tracked, c)| {
+                (fence.parse() == Ok(f.fence)).then(|| {
+                    record.push_str(c);
+                    let task = c.split(' ').next().unwrap_or_default();
+                    (task.to_owned(), tracked.to_owned())
+                })
+            });
         let (member, task, tracked) = match known {
-            Some((m, tracked, c)) => {
-                record.push_str(c);
-                let task = c.split(' ').next().unwrap_or_default();
-                (m.to_owned(), task.to_owned(), tracked.to_owned())
-            }
+            Some((task, tracked)) => (member.unwrap_or_default(), task, tracked),
             None => Default::default(),
         };
         Self {
@@ -330,14 +332,6 @@ impl FinishItem {
             .arg(&self.record)
             .arg(&self.aside);
     }
-}
-
-/// The fence, tracked flag and encoding of a lease member
-/// (`<id>|<fence>|<tracked>|<c>`).
-fn member_parts(m: &str) -> Option<(&str, &str, &str)> {
-    let mut parts = m.splitn(4, '|');
-    let _id = parts.next()?;
-    Some((parts.next()?, parts.next()?, parts.next()?))
 }
 
 /// Most items in one claim or finish script call, so one call never holds
@@ -503,6 +497,17 @@ impl RedisStore {
         self.owners().remove(&id);
     }
 
+    /// Forgets execution `id`, which is no longer running as its holder
+    /// knew it (`taken`: another fence took it over), and says so.
+    fn not_running(&self, id: ExecutionId, taken: bool) -> Error {
+        self.forget(id);
+        Error::conflict(if taken {
+            format!("execution {id} was taken over")
+        } else {
+            format!("execution {id} is no longer running")
+        })
+    }
+
     fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<ExecutionId, Owner>> {
         // The map holds plain data; a panic elsewhere cannot break it.
         self.shared.owners.lock().unwrap_or_else(|e| e.into_inner())
@@ -612,18 +617,20 @@ impl RedisStore {
 
     /// Runs the claims `idx` in one call routed to partition `p`,
     /// re-sending the same call (marked as a re-send) while the connection
-    /// is being re-established.
+    /// is being re-established. `encodings` holds each claim's execution
+    /// encoding (`exec_encoding`, "" without one).
     async fn claim_group(
         &self,
         p: usize,
         claims: &[Claim],
+        encodings: &[String],
         idx: &[usize],
     ) -> Result<Vec<Value>, Error> {
         let deadline = tokio::time::Instant::now() + CLAIM_RETRY_FOR;
         let mut delay = Duration::from_millis(20);
         let mut resend = false;
         loop {
-            match self.claim_call(p, claims, idx, resend).await {
+            match self.claim_call(p, claims, encodings, idx, resend).await {
                 Err(err)
                     if err.is_transient() && tokio::time::Instant::now() + delay < deadline =>
                 {
@@ -643,6 +650,7 @@ impl RedisStore {
         &self,
         p: usize,
         claims: &[Claim],
+        encodings: &[String],
         idx: &[usize],
         resend: bool,
     ) -> Result<Vec<Value>, Error> {
@@ -656,6 +664,7 @@ impl RedisStore {
                 self.base(self.partition(claim.task_id)),
                 known,
                 claim,
+                &encodings[i],
             );
         }
         let reply = array(self.eval::<Value>(&inv).await?)?;
@@ -665,13 +674,14 @@ impl RedisStore {
         Ok(reply)
     }
 
-    /// The outcome of one claim from its script reply; `None` for a lost
-    /// claim whose definition, left out of the reply, is no longer kept
-    /// here (the caller reads the task).
+    /// The outcome of one claim (`c`: its execution's encoding) from its
+    /// script reply; `None` for a lost claim whose definition, left out of
+    /// the reply, is no longer kept here (the caller reads the task).
     fn claim_outcome(
         &self,
         p: usize,
         claim: Claim,
+        c: &str,
         reply: Value,
     ) -> Result<Option<ClaimOutcome>, Error> {
         let items = array(reply)?;
@@ -684,7 +694,7 @@ impl RedisStore {
                 .execution
                 .map(trunc_exec)
                 .ok_or_else(|| corrupt("started without an execution"))?;
-            self.remember(e.id, p, lease_member(&e, tracked));
+            self.remember(e.id, p, lease_member(e.id, e.fence, tracked, c));
             Ok(e)
         };
         Ok(Some(match kind.as_slice() {
@@ -1072,33 +1082,33 @@ impl RedisStore {
                     .await
                     .map_err(redis_error)?;
                 // The texts kept aside, for the records that need them.
+                let kept = records
+                    .iter()
+                    .map(|rec| kept_aside(rec))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let mut pipe = redis::pipe();
-                let mut aside = Vec::with_capacity(records.len());
-                for rec in &records {
-                    let kept = kept_aside(rec)?;
-                    if let Some((id, task)) = kept {
-                        pipe.cmd("HGET")
-                            .arg(format!("{}:o:{}", self.base(p), id_text(task)?))
-                            .arg(id);
-                    }
-                    aside.push(kept.is_some());
+                for (id, task) in kept.iter().flatten() {
+                    pipe.cmd("HGET")
+                        .arg(format!("{}:o:{}", self.base(p), id_text(task)?))
+                        .arg(*id);
                 }
-                let mut texts: std::vec::IntoIter<Option<Vec<u8>>> = if aside.contains(&true) {
-                    pipe.query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
-                        .await
-                        .map_err(redis_error)?
-                        .into_iter()
+                let texts: Vec<Option<Vec<u8>>> = if kept.iter().any(Option::is_some) {
+                    pipe.query_async(&mut conn).await.map_err(redis_error)?
                 } else {
-                    Vec::new().into_iter()
+                    Vec::new()
                 };
+                let mut texts = texts.into_iter();
                 let mut out = Vec::with_capacity(records.len());
-                for (rec, kept) in records.iter().zip(aside) {
-                    let text = if kept { texts.next().flatten() } else { None };
-                    if kept && text.is_none() {
-                        // Its task was deleted between the two reads: the
-                        // retry is gone with it.
-                        continue;
-                    }
+                for (rec, kept) in records.iter().zip(&kept) {
+                    let text = match kept {
+                        None => None,
+                        Some(_) => match texts.next().flatten() {
+                            Some(text) => Some(text),
+                            // Its task was deleted between the two reads:
+                            // the retry is gone with it.
+                            None => continue,
+                        },
+                    };
                     out.push(exec_from_record(rec, text.as_deref())?);
                 }
                 Ok::<_, Error>(out)
@@ -1147,12 +1157,7 @@ impl RedisStore {
             }
         }
         // A fenced run is cancelled without a finish: forget it now.
-        self.forget(id);
-        Err(Error::conflict(if taken {
-            format!("execution {id} was taken over")
-        } else {
-            format!("execution {id} is no longer running")
-        }))
+        Err(self.not_running(id, taken))
     }
 
     async fn executions_once(
@@ -1343,13 +1348,22 @@ impl Store for RedisStore {
         for idx in &mut groups {
             idx.sort_by_key(|&i| self.partition(claims[i].task_id));
         }
+        // Each execution's encoding, written once: sent with the claim
+        // (again if re-sent) and kept in its lease member.
+        let encodings: Vec<String> = claims
+            .iter()
+            .map(|c| c.execution.as_ref().map(exec_encoding).unwrap_or_default())
+            .collect();
         let calls = groups
             .iter()
             .enumerate()
             .flat_map(|(p, idx)| idx.chunks(SCRIPT_BATCH).map(move |chunk| (p, chunk)))
             .map(|(p, idx)| {
-                let claims = &claims;
-                async move { Ok::<_, Error>((idx, self.claim_group(p, claims, idx).await?)) }
+                let (claims, encodings) = (&claims, &encodings);
+                async move {
+                    let reply = self.claim_group(p, claims, encodings, idx).await?;
+                    Ok::<_, Error>((idx, reply))
+                }
             })
             .collect::<Vec<_>>();
         let replies = try_join_all(calls).await?;
@@ -1360,10 +1374,10 @@ impl Store for RedisStore {
             }
         }
         let mut outcomes = Vec::with_capacity(claims.len());
-        for (claim, reply) in claims.into_iter().zip(slots) {
+        for ((claim, c), reply) in claims.into_iter().zip(&encodings).zip(slots) {
             let reply = reply.ok_or_else(|| corrupt("claim without a reply"))?;
             let id = claim.task_id;
-            let outcome = match self.claim_outcome(self.partition(id), claim, reply)? {
+            let outcome = match self.claim_outcome(self.partition(id), claim, c, reply)? {
                 Some(outcome) => outcome,
                 None => ClaimOutcome::Lost {
                     current: self.read_task(id).await?.map(|(t, ..)| Box::new(t)),
@@ -1376,9 +1390,9 @@ impl Store for RedisStore {
 
     async fn finish(&self, f: Finish) -> Result<FinishOutcome, Error> {
         let id = f.id;
-        let parts = self.partitions_of(id);
-        let answers: Vec<(usize, Vec<Value>)> = if let [(p, ref member)] = parts[..] {
-            let item = FinishItem::new(f, Some(member));
+        let mut parts = self.partitions_of(id);
+        let answers: Vec<(usize, Vec<Value>)> = if let [(p, ref mut member)] = parts[..] {
+            let item = FinishItem::new(f, Some(std::mem::take(member)));
             vec![(p, self.finish_batched(p, item).await?)]
         } else {
             // Started through another store instance: ask every partition.
@@ -1426,12 +1440,7 @@ impl Store for RedisStore {
                 _ => return Err(corrupt("unknown finish reply")),
             }
         }
-        self.forget(id);
-        Err(Error::conflict(if taken {
-            format!("execution {id} was taken over")
-        } else {
-            format!("execution {id} is no longer running")
-        }))
+        Err(self.not_running(id, taken))
     }
 
     async fn recover_expired(
@@ -1535,6 +1544,7 @@ fn encode_claim(
     base: &str,
     known_version: Option<u64>,
     c: &Claim,
+    encoding: &str,
 ) {
     inv.arg(base).arg(c.task_id.to_string());
     match &c.kind {
@@ -1574,7 +1584,7 @@ fn encode_claim(
                 .arg(name_of(&e.status))
                 .arg(e.fence)
                 .arg(e.lease_until.map(micros).unwrap_or_default())
-                .arg(exec_encoding(e));
+                .arg(encoding);
         }
         None => {
             inv.arg("0");
@@ -1656,9 +1666,19 @@ mod tests {
             claim(next, next + chrono::Duration::seconds(60)),
         ];
         let p = store.partition(task.id);
+        let encodings: Vec<String> = claims
+            .iter()
+            .map(|c| exec_encoding(c.execution.as_ref().unwrap()))
+            .collect();
         for i in 0..2 {
-            let first = store.claim_call(p, &claims, &[i], false).await.unwrap();
-            let again = store.claim_call(p, &claims, &[i], true).await.unwrap();
+            let first = store
+                .claim_call(p, &claims, &encodings, &[i], false)
+                .await
+                .unwrap();
+            let again = store
+                .claim_call(p, &claims, &encodings, &[i], true)
+                .await
+                .unwrap();
             assert_eq!(kinds(first.clone()), kinds(again.clone()));
             if i == 1 {
                 let record = |reply: Vec<Value>| {
@@ -1667,7 +1687,10 @@ mod tests {
                 };
                 assert_eq!(record(first), record(again), "the same skipped record");
             }
-            let stale = store.claim_call(p, &claims, &[i], false).await.unwrap();
+            let stale = store
+                .claim_call(p, &claims, &encodings, &[i], false)
+                .await
+                .unwrap();
             assert_eq!(kinds(stale), vec![b"L".to_vec()]);
         }
     }
