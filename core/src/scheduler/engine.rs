@@ -72,14 +72,119 @@ enum ScanKind {
     Overdue,
 }
 
-/// A due scan in progress.
+/// A due scan in progress: the slice `(from, top]` of the due order
+/// `(next_run, id)`, read in chunks, each in pages.
+///
+/// Claims move a task up the order, by at least a second (the shortest
+/// period), while the scan runs. Read bottom to top, a scan meets every
+/// task claimed behind it again, and the due ones are claimed all the time:
+/// with a second-period workload the scan chased them until its horizon
+/// passed, reading every such task ten times over (a look-ahead's worth)
+/// and holding the next refill's start that far back, so the next one
+/// chased as well. So a scan reads first what is due within a second of
+/// its start, bottom to top (the urgent part, read first; what is claimed
+/// there moves above it), then the rest in chunks of at most a second from
+/// the top down: what is claimed during the scan moves into a chunk
+/// already read, and no task is read twice for having been claimed. (A
+/// task claimed by a peer, unknown here, may so move past the scan unread;
+/// the next full scan reads it, and its owner runs it meanwhile.)
 #[derive(Debug, Clone, Copy)]
 struct Scan {
+    /// The page cursor in the current chunk.
     after: Option<(DateTime<Utc>, TaskId)>,
+    /// The current chunk's upper end.
     horizon: DateTime<Utc>,
+    /// Where the scan's slice starts (exclusive), and its upper end.
+    from: Option<(DateTime<Utc>, TaskId)>,
+    top: DateTime<Utc>,
+    /// Where the urgent chunk ends and the top-down chunks stop; the
+    /// chunks' width.
+    split: DateTime<Utc>,
+    width: TimeDelta,
+    /// Reading the urgent chunk (`(from, split]`, bottom to top).
+    urgent: bool,
+    /// When the scan started: its slice is the window as of then.
+    started: DateTime<Utc>,
     kind: ScanKind,
     /// Tasks read per page.
     page: usize,
+}
+
+/// The widest a top-down scan chunk is: the shortest period a task can
+/// have, so a task claimed during the scan leaves the chunk it was in.
+const SCAN_CHUNK: TimeDelta = TimeDelta::seconds(1);
+/// Most top-down chunks in one scan (a long look-ahead gets wider ones).
+const SCAN_CHUNKS_MAX: i32 = 16;
+
+/// The due-order key just after every task at `t`.
+fn after_all_at(t: DateTime<Utc>) -> Option<(DateTime<Utc>, TaskId)> {
+    Some((t, TaskId::from_uuid(uuid::Uuid::max())))
+}
+
+impl Scan {
+    /// A scan of `(from, top]` started at `now`, chunked as the type's docs
+    /// say (`chunked`), or in one chunk read bottom to top.
+    fn new(
+        from: Option<(DateTime<Utc>, TaskId)>,
+        top: DateTime<Utc>,
+        now: DateTime<Utc>,
+        kind: ScanKind,
+        page: usize,
+        chunked: bool,
+    ) -> Self {
+        let split = if chunked {
+            (now + SCAN_CHUNK).min(top)
+        } else {
+            top
+        };
+        let mut scan = Self {
+            after: from,
+            horizon: split,
+            from,
+            top,
+            split,
+            width: ((top - split) / SCAN_CHUNKS_MAX).max(SCAN_CHUNK),
+            urgent: true,
+            started: now,
+            kind,
+            page,
+        };
+        if from.is_some_and(|(t, _)| t >= split) {
+            // Nothing due within the urgent chunk: start at the top.
+            scan.urgent = false;
+            scan.horizon = top;
+            scan.after = scan.chunk_start(top);
+        }
+        scan
+    }
+
+    /// Where the top-down chunk ending at `hi` starts (exclusive): a width
+    /// below, but not below the split or the scan's start.
+    fn chunk_start(&self, hi: DateTime<Utc>) -> Option<(DateTime<Utc>, TaskId)> {
+        let lo = after_all_at((hi - self.width).max(self.split));
+        lo.max(self.from)
+    }
+
+    /// Moves to the next chunk once the current one is read; false when
+    /// the scan is done.
+    fn next_chunk(&mut self) -> bool {
+        let hi = if self.urgent {
+            self.urgent = false;
+            self.top
+        } else {
+            let lo = self.chunk_start(self.horizon);
+            match lo {
+                Some((t, _)) if lo != self.from && t > self.split => t,
+                _ => return false,
+            }
+        };
+        if hi <= self.split {
+            return false;
+        }
+        self.horizon = hi;
+        self.after = self.chunk_start(hi);
+        true
+    }
 }
 
 /// Longest a shutting-down scheduler waits to leave the membership.
@@ -358,23 +463,21 @@ impl Engine {
         }
         let horizon = now + self.look_ahead();
         if self.full_scan_pending || now >= self.next_full_scan {
-            self.scan = Some(Scan {
-                after: None,
-                horizon,
-                kind: ScanKind::Full,
-                page: if self.full_scan_pending {
-                    SCAN_PAGE
-                } else {
-                    SAFETY_PAGE
-                },
-            });
+            let page = if self.full_scan_pending {
+                SCAN_PAGE
+            } else {
+                SAFETY_PAGE
+            };
+            self.scan = Some(Scan::new(None, horizon, now, ScanKind::Full, page, true));
         } else if now >= self.next_refill {
-            self.scan = Some(Scan {
-                after: self.watermark,
+            self.scan = Some(Scan::new(
+                self.watermark,
                 horizon,
-                kind: ScanKind::Refill,
-                page: SCAN_PAGE,
-            });
+                now,
+                ScanKind::Refill,
+                SCAN_PAGE,
+                true,
+            ));
         } else if now >= self.next_overdue_scan && self.members.is_split() {
             // A node that is itself behind leaves its peers' late work to
             // them: when every node is overloaded, taking over would only
@@ -395,12 +498,14 @@ impl Engine {
                 self.next_overdue_scan = now + OVERDUE_SCAN_EVERY;
                 return;
             }
-            self.scan = Some(Scan {
-                after: None,
-                horizon: now - takeover_after,
-                kind: ScanKind::Overdue,
-                page: SCAN_PAGE,
-            });
+            self.scan = Some(Scan::new(
+                None,
+                now - takeover_after,
+                now,
+                ScanKind::Overdue,
+                SCAN_PAGE,
+                false,
+            ));
         }
     }
 
@@ -410,7 +515,14 @@ impl Engine {
         let Some(scan) = self.scan.as_mut() else {
             return;
         };
-        let (after, horizon, kind, page) = (scan.after, scan.horizon, scan.kind, scan.page);
+        let (after, horizon, top, started, kind, page) = (
+            scan.after,
+            scan.horizon,
+            scan.top,
+            scan.started,
+            scan.kind,
+            scan.page,
+        );
         let tasks = match self.shared.store.due_tasks(after, horizon, page).await {
             Ok(tasks) => tasks,
             Err(err) => {
@@ -437,11 +549,14 @@ impl Engine {
                 t.takeover = true;
             }
         }
-        if n == page {
-            if let Some(scan) = self.scan.as_mut() {
+        if let Some(scan) = self.scan.as_mut() {
+            if n == page {
                 scan.after = last;
+                return;
             }
-            return;
+            if scan.next_chunk() {
+                return;
+            }
         }
         if kind == ScanKind::Overdue {
             self.store_recovered();
@@ -449,7 +564,7 @@ impl Engine {
             self.next_overdue_scan = now + OVERDUE_SCAN_EVERY;
             return;
         }
-        match self.shared.store.due_retries(horizon, SCAN_PAGE).await {
+        match self.shared.store.due_retries(top, SCAN_PAGE).await {
             Ok(failed) => {
                 for e in failed {
                     self.track_retry(e, None).await;
@@ -464,8 +579,11 @@ impl Engine {
         self.scan = None;
         // Tasks at or before the horizon were read (or reach the engine by
         // its own claims, lost claims and the change feed).
-        self.watermark = Some((horizon, TaskId::from_uuid(uuid::Uuid::max())));
-        self.next_refill = now + (self.look_ahead() / 2).max(TimeDelta::milliseconds(500));
+        self.watermark = after_all_at(top);
+        // The window has moved on since the scan started, not since it
+        // ended: a scan that took long (a large first read, a clock that
+        // jumped) is followed by a refill sooner.
+        self.next_refill = started + (self.look_ahead() / 2).max(TimeDelta::milliseconds(500));
         if kind == ScanKind::Full {
             self.full_scan_pending = false;
             // Spread over 75–125% of the period, differently per node and
@@ -860,5 +978,89 @@ async fn next_change(feed: &mut Option<ChangeFeed>) -> Option<Change> {
     match feed {
         Some(feed) => feed.next().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Key = Option<(DateTime<Utc>, TaskId)>;
+
+    /// The chunks `(after, horizon]` a scan reads, in order (each read in
+    /// one page here).
+    fn chunks(mut scan: Scan) -> Vec<(Key, DateTime<Utc>)> {
+        let mut out = vec![(scan.after, scan.horizon)];
+        while scan.next_chunk() {
+            out.push((scan.after, scan.horizon));
+            assert!(out.len() < 100, "the scan never ends: {out:?}");
+        }
+        out
+    }
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    /// Whether key `(t, id)` is in chunk `(after, horizon]`.
+    fn holds(chunk: &(Key, DateTime<Utc>), t: DateTime<Utc>, id: TaskId) -> bool {
+        chunk.0.is_none_or(|a| (t, id) > a) && t <= chunk.1
+    }
+
+    #[test]
+    fn a_full_scan_reads_the_urgent_second_first_then_the_rest_top_down() {
+        let now = at(0);
+        let got = chunks(Scan::new(None, at(10), now, ScanKind::Full, 10, true));
+        let want: Vec<(Key, DateTime<Utc>)> = std::iter::once((None, at(1)))
+            .chain((2..=10).rev().map(|hi| (after_all_at(at(hi - 1)), at(hi))))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_chunks_cover_the_slice_once_each_key() {
+        let id = TaskId::from_uuid(uuid::Uuid::from_u128(7));
+        for (from, top, chunked) in [
+            (None, at(10), true),
+            (after_all_at(at(-3)), at(10), true),
+            (Some((at(4), id)), at(10), true),
+            (after_all_at(at(6)), at(10), true),
+            (after_all_at(at(10)), at(10), true),
+            (None, at(3600), true),
+            (None, at(10), false),
+            (None, at(-2), false),
+        ] {
+            let got = chunks(Scan::new(from, top, at(0), ScanKind::Refill, 10, chunked));
+            assert!(got.len() <= SCAN_CHUNKS_MAX as usize + 1, "{got:?}");
+            for ms in (-5_000..3_700_000).step_by(250) {
+                let t = at(0) + TimeDelta::milliseconds(ms);
+                for key_id in [TaskId::from_uuid(uuid::Uuid::nil()), id] {
+                    let in_slice = from.is_none_or(|f| (t, key_id) > f) && t <= top;
+                    let n = got.iter().filter(|c| holds(c, t, key_id)).count();
+                    assert_eq!(
+                        n,
+                        usize::from(in_slice),
+                        "{t} {key_id} from {from:?} top {top}: {got:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_refill_ahead_of_the_urgent_second_starts_at_the_top() {
+        let got = chunks(Scan::new(
+            after_all_at(at(5)),
+            at(10),
+            at(0),
+            ScanKind::Refill,
+            10,
+            true,
+        ));
+        let want: Vec<(Key, DateTime<Utc>)> = (6..=10)
+            .rev()
+            .map(|hi| (after_all_at(at(hi - 1)), at(hi)))
+            .collect();
+        assert_eq!(got, want);
     }
 }
