@@ -15,7 +15,7 @@
 //!
 //! Layout under the base `B` (see the crate docs): `B:t:<task>` task hash,
 //! `B:l:<task>` its finished executions (a list, the latest to finish
-//! first), `B:due` / `B:leases` / `B:retry` the partition's due, lease and
+//! last), `B:due` / `B:leases` / `B:retry` the partition's due, lease and
 //! retry indexes, `B:tn:<tenant>` the tenant's tasks in this partition
 //! (score 0, member the id, so lexical = id order).
 //!
@@ -46,7 +46,7 @@
 //! finish times.
 //!
 //! The list is trimmed to the retention once it is an eighth longer, and
-//! only its first `retention` records are read: a history holds the
+//! only its last `retention` records are read: a history holds the
 //! `retention` latest executions to finish, plus those running or awaiting
 //! a retry.
 //!
@@ -205,21 +205,23 @@ local function record(eid, st, fence, fa, sa, retry, tail, c)
     .. c
 end
 
--- Adds a finished record to task `tid`'s history, trimming it to the
+-- Appends a finished record to task `tid`'s history, trimming it to the
 -- retention once it is an eighth longer (with the text kept aside for the
--- records trimmed).
+-- records trimmed). Appended at the tail: RPUSH writes at the end of the
+-- list's last node, where LPUSH moves the whole first node along.
 local function push(tid, rec)
   local l = lkey(tid)
-  if redis.call('LPUSH', l, rec) > RETENTION + math.floor(RETENTION / 8) then
+  local len = redis.call('RPUSH', l, rec)
+  if len > RETENTION + math.floor(RETENTION / 8) then
     local o = okey(tid)
     if redis.call('EXISTS', o) == 1 then
       local aside = {}
-      for _, r in ipairs(redis.call('LRANGE', l, RETENTION, -1)) do
+      for _, r in ipairs(redis.call('LRANGE', l, 0, len - RETENTION - 1)) do
         aside[#aside + 1] = aside_id(r)
       end
       if #aside > 0 then redis.call('HDEL', o, unpack(aside)) end
     end
-    redis.call('LTRIM', l, 0, RETENTION - 1)
+    redis.call('LTRIM', l, -RETENTION, -1)
   end
 end
 
@@ -532,15 +534,19 @@ return 'ok'
 
 /// Claims, each applied atomically and independently. ARGV[3] = `1` if
 /// this call is a re-send of one whose reply was lost, ARGV[4] = number of
-/// claims, then per claim: partition base, task id, kind (`S`cheduled,
-/// `R`etry, `M`anual), for S: expected next_run, expected version, new
-/// next_run ("" none), the version of the definition the client has (""
-/// none; a lost claim's reply leaves out a definition the client has, as
-/// an empty `d`); for R: the failed execution id; then the number of
-/// missed records, and if any the claim's time and node and each as (id,
-/// scheduled_for); then `0` (no execution) or `1` and the execution's id,
-/// scheduled_for, attempt (10 digits), started_at, status (`running`, the
-/// only one a claim starts), fence, lease_until and encoding `c`.
+/// partition groups, then per group its partition base, its number of
+/// claims and the claims. A claim is: task id, kind (`S`cheduled, `T` the
+/// same with the client's definition version given, `R`etry, `M`anual),
+/// for S: expected next_run, expected version, new next_run ("" none); for
+/// T the same and the version of the definition the client has ("" none;
+/// S means the expected version: a lost claim's reply leaves out a
+/// definition the client has, as an empty `d`); for R: the failed
+/// execution id; then twice the number of missed records plus one if the
+/// claim starts an execution; the claim's time and node and each missed
+/// record as (id, scheduled_for), if any; then the execution's id,
+/// scheduled_for, attempt (10 digits), started_at, fence, lease_until and
+/// encoding `c`, if any. Each argument costs the server a little to
+/// receive, so the usual claim (of a scheduled run) takes 13.
 ///
 /// Returns one reply per claim: `{'S'}` started (`{'S', '1'}` if its end
 /// updates its task, so its lease member is tracked), `{'K', record}`
@@ -575,7 +581,7 @@ end
 local function replay(tid, at)
   if not RESEND or not at then return nil end
   flush()
-  local eid, fence, c = ARGV[at], ARGV[at + 5], ARGV[at + 7]
+  local eid, fence, c = ARGV[at], ARGV[at + 4], ARGV[at + 6]
   if redis.call('ZSCORE', LEASES, eid .. '|' .. fence .. '|0|' .. c) then return STARTED end
   if redis.call('ZSCORE', LEASES, eid .. '|' .. fence .. '|1|' .. c) then return TRACKED end
   local r = find_record(tid, eid)
@@ -628,7 +634,7 @@ end
 local function start_or_overlap(tid, at, set, hs, bk, run, ov, q)
   local t = tkey(tid)
   local id, sf, att, now, fence, lease, c =
-    ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 5], ARGV[at + 6], ARGV[at + 7]
+    ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
   local replaced = nil
   if not none(run) then
     if ov == 'queue_one' and none(q) then
@@ -681,13 +687,14 @@ local function start_or_overlap(tid, at, set, hs, bk, run, ov, q)
 end
 
 -- A scheduled claim: the compare-and-set of next_run and version (its
--- arguments at ARGV[s]), the missed records (`nmissed` at ARGV[missed]),
--- then the execution at ARGV[at] (nil: only advance).
-local function claim_scheduled(tid, s, missed, nmissed, at)
+-- arguments at ARGV[s]; `kv` the client's definition version), the missed
+-- records (`nmissed` at ARGV[missed]), then the execution at ARGV[at]
+-- (nil: only advance).
+local function claim_scheduled(tid, s, kv, missed, nmissed, at)
   local t = tkey(tid)
   local nr, v, en, bk, hs = unpack(redis.call('HMGET', t, 'nr', 'v', 'en', 'bk', 'hs'))
   if en ~= '1' or nr ~= ARGV[s] or v ~= ARGV[s + 1] then
-    return replay(tid, at) or lost(tid, ARGV[s + 3])
+    return replay(tid, at) or lost(tid, kv)
   end
   local new_nr = ARGV[s + 2]
   if new_nr ~= '' then
@@ -701,8 +708,8 @@ local function claim_scheduled(tid, s, missed, nmissed, at)
   if at and not missed and bk ~= '1' then
     -- The common case (a run of a cron task with `overlap: allow`), with
     -- no tables built.
-    local new_hs = start_exec(tid, hs, ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 5],
-      ARGV[at + 7], ARGV[at + 6], '0')
+    local new_hs = start_exec(tid, hs, ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 4],
+      ARGV[at + 6], ARGV[at + 5], '0')
     if not new_hs then
       if new_nr ~= '' then redis.call('HSET', t, 'nr', new_nr) end
       return lost(tid)
@@ -767,38 +774,46 @@ local out = {}
 -- pending are dropped, and the error is returned with its code.
 local mark_due, mark_lease, mark_flushes = 0, 0, 0
 local ok, err = pcall(function()
-local i = 5
-for n = 1, tonumber(ARGV[4]) do
-  use_base(ARGV[i])
+local i, n = 5, 0
+for _ = 1, tonumber(ARGV[4]) do
+use_base(ARGV[i])
+local last = n + tonumber(ARGV[i + 1])
+i = i + 2
+while n < last do
+  n = n + 1
   mark_due, mark_lease, mark_flushes = #due_add, #lease_add, flushes
-  local tid, kind = ARGV[i + 1], ARGV[i + 2]
-  i = i + 3
-  local s, failed = i, nil
+  local tid, kind = ARGV[i], ARGV[i + 1]
+  i = i + 2
+  local s, kv, failed = i, nil, nil
   if kind == 'S' then
+    kv = ARGV[i + 1]
+    i = i + 3
+  elseif kind == 'T' then
+    kv = ARGV[i + 3]
     i = i + 4
   elseif kind == 'R' then
     failed = ARGV[i]
     i = i + 1
   end
-  local nmissed, missed = tonumber(ARGV[i]), nil
+  local x = tonumber(ARGV[i])
   i = i + 1
+  local nmissed, missed = math.floor(x / 2), nil
   if nmissed > 0 then
     missed = i
     i = i + 2 + 2 * nmissed
   end
   -- The execution is read from ARGV only if the claim gets that far.
   local at = nil
-  if ARGV[i] == '1' then
-    at = i + 1
-    i = i + 9
-  else
-    i = i + 1
+  if x % 2 == 1 then
+    at = i
+    i = i + 7
   end
-  if kind == 'S' then
-    out[n] = claim_scheduled(tid, s, missed, nmissed, at)
+  if kv then
+    out[n] = claim_scheduled(tid, s, kv, missed, nmissed, at)
   else
     out[n] = claim_other(tid, failed, at)
   end
+end
 end
 end)
 if not ok then
@@ -845,35 +860,40 @@ return {'ok', m}
 "#;
 
 /// Records results, each atomically and independently. ARGV[3] = number
-/// of results, then per result: partition base, execution id, fence,
-/// status (never `succeeded` with a retry_at), finished_at, retry_at (""
-/// none), node and lease_until (for a queued occurrence started here), the
-/// execution's lease member as the client knows it with that fence (""
-/// unknown), and if known its task id and tracked flag (else ""), then its
-/// record as it will be stored: whole if the member is known, else without
-/// the encoding `c` (which the script appends from the member it finds);
-/// last its error and output when they are kept aside ("" if not).
+/// of partition groups, then per group its partition base, its number of
+/// results and the results. A result is: the execution's lease member as
+/// the client knows it with the result's fence ("" unknown), its task id
+/// ("" unknown), its record as it will be stored (whole if the member is
+/// known, else without the encoding `c`, which the script appends from the
+/// member it finds), the node and lease_until (for a queued occurrence
+/// started here), and flags: `t` if the member is known and tracked, `r`
+/// if a retry follows (the retry_at comes next), `a` if the error and
+/// output are kept aside (they come next). The execution id, the status
+/// (never `running`, which the client refuses, nor `succeeded` with a
+/// retry), the fence (one less than the record's) and finished_at are read
+/// from the record on the uncommon paths that need them.
+///
 /// Returns one reply per result: `{'OK'}`, `{'OK', started member, its
-/// lease}`, `{'C', 'gone'}`, `{'C', 'taken'}` or `{'I'}` (status
-/// `running`). The same result sent twice (a reply lost with the
-/// connection) is `{'OK'}` the second time.
+/// lease}`, `{'C', 'gone'}` or `{'C', 'taken'}`. The same result sent
+/// twice (a reply lost with the connection) is `{'OK'}` the second time.
 ///
 /// The usual result (the member known and still running, its task's runs
-/// not tracked) costs two commands, the lease's `ZREM` and the history's
-/// `LPUSH` (and an `LTRIM` once per eighth of the retention), and parses
-/// nothing.
+/// not tracked) takes six arguments and costs two commands, the lease's
+/// `ZREM` and the history's `RPUSH` (and an `LTRIM` once per eighth of the
+/// retention), and parses nothing.
 const FINISH: &str = r#"
 -- Replies without data, shared by every result that gets them.
-local OK, GONE, TAKEN, RUNNING = {'OK'}, {'C', 'gone'}, {'C', 'taken'}, {'I'}
+local OK, GONE, TAKEN = {'OK'}, {'C', 'gone'}, {'C', 'taken'}
 
 -- The reply for execution `eid`, no longer running: `OK` if its record
--- says this result was applied, else taken or gone. `tid` is its task
+-- says this result (status `status`, fence `fence1` in the record,
+-- finished at `fa`) was applied, else taken or gone. `tid` is its task
 -- ('' unknown).
-local function settled(eid, fence, status, fa, tid)
+local function settled(eid, status, fence1, fa, tid)
   if tid == '' then return GONE end
   local function applied(r)
     local _, st, f, at = rec_parts(r)
-    return st == status and tonumber(f) == tonumber(fence) + 1 and at == fa
+    return st == status and tonumber(f) == tonumber(fence1) and at == fa
   end
   local r = find_record(tid, eid) or redis.call('HGET', tkey(tid), 'w:' .. eid)
   if r then
@@ -884,38 +904,60 @@ local function settled(eid, fence, status, fa, tid)
   return GONE
 end
 
+-- The result whose arguments start at ARGV[at]; returns its reply and the
+-- index of the next result's arguments.
 local function finish_one(at)
-  local eid, fence, status, fa, retry, node, lease, m, tid, tracked, rec, aside =
-    ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5], ARGV[at + 6],
-    ARGV[at + 7], ARGV[at + 8], ARGV[at + 9], ARGV[at + 10], ARGV[at + 11], ARGV[at + 12]
-  if status == 'running' then return RUNNING end
+  local m, tid, rec, node, lease, flags =
+    ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]
+  local tracked, retry, aside, eid = '0', '', '', nil
+  local next_at = at + 6
+  if flags ~= '' then
+    if string.find(flags, 't', 1, true) then tracked = '1' end
+    if string.find(flags, 'r', 1, true) then
+      retry = ARGV[next_at]
+      next_at = next_at + 1
+    end
+    if string.find(flags, 'a', 1, true) then
+      aside = ARGV[next_at]
+      next_at = next_at + 1
+    end
+  end
   if m == '' or redis.call('ZREM', LEASES, m) == 0 then
     -- Not running as the client knew it: started elsewhere, rewritten
     -- as tracked, or ended.
+    local status, fence1, fa
+    eid, status, fence1, fa = rec_parts(rec)
     local found = find_member(eid)
-    if not found then return settled(eid, fence, status, fa, tid) end
+    if not found then return settled(eid, status, fence1, fa, tid), next_at end
     local _, f, tr, c = member_parts(found)
-    if f ~= fence then return TAKEN end
+    if tonumber(f) + 1 ~= tonumber(fence1) then return TAKEN, next_at end
     redis.call('ZREM', LEASES, found)
     if m == '' then rec = rec .. c end
     m, tid, tracked = found, exec_meta(c), tr
   end
+  if retry ~= '' or aside ~= '' or tracked == '1' then
+    eid = eid or string.match(rec, '^[^|]*')
+  end
   keep_record(tid, eid, rec, retry)
   if aside ~= '' then redis.call('HSET', okey(tid), eid, aside) end
-  if tracked ~= '1' then return OK end
+  if tracked ~= '1' then return OK, next_at end
   local _, _, _, c = member_parts(m)
   local _, _, trig = exec_meta(c)
+  local _, status, _, fa = rec_parts(rec)
   local started, slease = after_end(tid, eid, trig, status, retry, node, fa, lease)
-  if started then return {'OK', started, slease} end
-  return OK
+  if started then return {'OK', started, slease}, next_at end
+  return OK, next_at
 end
 
 local out = {}
 local at = 4
-for k = 1, tonumber(ARGV[3]) do
+for _ = 1, tonumber(ARGV[3]) do
   use_base(ARGV[at])
-  out[k] = finish_one(at)
-  at = at + 13
+  local n = tonumber(ARGV[at + 1])
+  at = at + 2
+  for _ = 1, n do
+    out[#out + 1], at = finish_one(at)
+  end
 end
 flush()
 return out
@@ -976,7 +1018,7 @@ local function add_record(r)
   local eid, st, _, _, _, c = rec_parts(r)
   if status == '' or st == status then add(eid, c, {'E', r}) end
 end
-for _, r in ipairs(redis.call('LRANGE', lkey(tid), 0, RETENTION - 1)) do add_record(r) end
+for _, r in ipairs(redis.call('LRANGE', lkey(tid), -RETENTION, -1)) do add_record(r) end
 local f = redis.call('HGETALL', t)
 for k = 1, #f, 2 do
   if string.sub(f[k], 1, 2) == 'w:' then add_record(f[k + 1]) end
@@ -1051,10 +1093,11 @@ return live
 pub(crate) static HEARTBEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT));
 
 /// The key layout this version writes, recorded in `{prefix}:conf`
-/// (`layout`) by the first store to connect. Layout 2 (2026-11-29) keeps
-/// an execution as one string (module docs); layout 1, with a hash per
-/// execution, left no `layout` field.
-pub(crate) const LAYOUT: &str = "2";
+/// (`layout`) by the first store to connect. Layout 3 (2026-11-29, later) appends
+/// records at the tail of a task's list; layout 2 (2026-11-29) kept an
+/// execution as one string (module docs) with the latest record at the
+/// head; layout 1, with a hash per execution, left no `layout` field.
+pub(crate) const LAYOUT: &str = "3";
 
 /// The prefix's settings, without [`BASE`]: `KEYS[1]` `{prefix}:conf`,
 /// `ARGV[1]` the partition count, `ARGV[2]` the layout. Records both if
@@ -1069,3 +1112,42 @@ return {p, l or '1'}
 "#;
 
 pub(crate) static CONF_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CONF));
+
+/// One script call being built: `EVALSHA` with its key and arguments
+/// written straight into the command, so a call of a few thousand
+/// arguments costs the client one buffer, not one allocation per argument
+/// (as [`redis::ScriptInvocation`] does).
+pub(crate) struct Call {
+    script: &'static Script,
+    cmd: redis::Cmd,
+}
+
+impl Call {
+    /// A call of `script` with `KEYS[1]` = `key`.
+    pub(crate) fn new(script: &'static Script, key: &str) -> Self {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(1).arg(key);
+        Self { script, cmd }
+    }
+
+    /// Appends `ARGV[n]`.
+    pub(crate) fn arg<T: redis::ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.cmd.arg(arg);
+        self
+    }
+
+    /// Runs the call, loading the script first if the server does not
+    /// have it (a restarted or failed-over server).
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut crate::conn::Conn,
+    ) -> redis::RedisResult<T> {
+        match self.cmd.query_async(conn).await {
+            Err(err) if err.kind() == redis::ErrorKind::NoScriptError => {
+                self.script.prepare_invoke().load_async(conn).await?;
+                self.cmd.query_async(conn).await
+            }
+            other => other,
+        }
+    }
+}

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::future::{join_all, try_join_all};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, ScriptInvocation, Value};
+use redis::{Script, Value};
 use tickwheel::model::{MAX_ERROR_BYTES, MAX_OUTPUT_BYTES, truncate};
 use tickwheel::store::{
     Change, ChangeFeed, Claim, ClaimKind, ClaimOutcome, DEFAULT_RETENTION, ExecutionPage,
@@ -28,7 +28,7 @@ use crate::codec::{
 use crate::conn::Conn;
 use crate::feed::{self, Message};
 use crate::scripts::{
-    CLAIM_SCRIPT, CONF_SCRIPT, CREATE_SCRIPT, DELETE_SCRIPT, DUE_SCRIPT, FINISH_SCRIPT,
+    CLAIM_SCRIPT, CONF_SCRIPT, CREATE_SCRIPT, Call, DELETE_SCRIPT, DUE_SCRIPT, FINISH_SCRIPT,
     HEARTBEAT_SCRIPT, HISTORY_SCRIPT, LAYOUT, RECOVER_SCRIPT, RENEW_SCRIPT, UPDATE_SCRIPT,
 };
 
@@ -248,23 +248,21 @@ struct FinishJob {
 
 /// A [`Finish`] encoded for the finish script (layout in `scripts::FINISH`).
 struct FinishItem {
-    id: String,
-    fence: u64,
-    status: String,
-    finished_at: String,
-    /// "" if none or the run succeeded.
-    retry_at: String,
-    node: String,
-    lease_until: String,
     /// The lease member, if this store started the execution and holds it
     /// with the finish's fence ("" if not).
     member: String,
-    /// Its task and tracked flag when the member is known ("" if not).
+    /// Its task when the member is known ("" if not).
     task: String,
-    tracked: String,
     /// The record to store: whole when the member is known, else without
     /// the encoding, which the script appends.
     record: String,
+    node: String,
+    lease_until: i64,
+    /// `t` (known member, tracked), `r` (a retry_at follows), `a` (texts
+    /// kept aside follow), in that order; "" for none.
+    flags: &'static str,
+    /// "" if none or the run succeeded.
+    retry_at: String,
     /// The error and output when kept aside ("" if in the record).
     aside: String,
 }
@@ -277,13 +275,13 @@ impl FinishItem {
             ExecutionStatus::Succeeded => String::new(),
             _ => f.retry_at.map(micros).unwrap_or_default(),
         };
-        let finished_at = micros(f.finished_at);
-        let id = f.id.to_string();
         let (tail, aside) = record_tail(error.as_deref(), output.as_deref());
         let mut record = format!(
-            "{id}|{}|{}|{finished_at}|{}|{retry_at}|{tail}",
+            "{}|{}|{}|{}|{}|{retry_at}|{tail}",
+            f.id,
             name_of(&f.status),
             f.fence + 1,
+            f.finished_at.timestamp_micros(),
             f.started_at.map(micros).unwrap_or_default(),
         );
         let known = member
@@ -293,44 +291,49 @@ impl FinishItem {
                 (fence.parse() == Ok(f.fence)).then(|| {
                     record.push_str(c);
                     let task = c.split(' ').next().unwrap_or_default();
-                    (task.to_owned(), tracked.to_owned())
+                    (task.to_owned(), tracked == "1")
                 })
             });
         let (member, task, tracked) = match known {
             Some((task, tracked)) => (member.unwrap_or_default(), task, tracked),
             None => Default::default(),
         };
+        let flags = match (tracked, !retry_at.is_empty(), !aside.is_empty()) {
+            (false, false, false) => "",
+            (false, false, true) => "a",
+            (false, true, false) => "r",
+            (false, true, true) => "ra",
+            (true, false, false) => "t",
+            (true, false, true) => "ta",
+            (true, true, false) => "tr",
+            (true, true, true) => "tra",
+        };
         Self {
-            id,
-            fence: f.fence,
-            status: name_of(&f.status),
-            finished_at,
-            retry_at,
-            node: f.node,
-            lease_until: micros(f.lease_until),
             member,
             task,
-            tracked,
             record,
+            node: f.node,
+            lease_until: f.lease_until.timestamp_micros(),
+            flags,
+            retry_at,
             aside,
         }
     }
 
     /// Appends the item to a finish script call.
-    fn encode(&self, inv: &mut ScriptInvocation<'static>, base: &str) {
-        inv.arg(base)
-            .arg(&self.id)
-            .arg(self.fence)
-            .arg(&self.status)
-            .arg(&self.finished_at)
-            .arg(&self.retry_at)
-            .arg(&self.node)
-            .arg(&self.lease_until)
-            .arg(&self.member)
+    fn encode(&self, inv: &mut Call) {
+        inv.arg(&self.member)
             .arg(&self.task)
-            .arg(&self.tracked)
             .arg(&self.record)
-            .arg(&self.aside);
+            .arg(&self.node)
+            .arg(self.lease_until)
+            .arg(self.flags);
+        if !self.retry_at.is_empty() {
+            inv.arg(&self.retry_at);
+        }
+        if !self.aside.is_empty() {
+            inv.arg(&self.aside);
+        }
     }
 }
 
@@ -418,8 +421,8 @@ impl RedisStore {
     /// one recorded.
     async fn check_partitions(&self, partitions: u16) -> Result<(), Error> {
         let key = format!("{{{}}}:conf", self.shared.prefix);
-        let mut inv = CONF_SCRIPT.prepare_invoke();
-        inv.key(&key).arg(partitions).arg(LAYOUT);
+        let mut inv = Call::new(&CONF_SCRIPT, &key);
+        inv.arg(partitions).arg(LAYOUT);
         let (recorded, layout): (String, String) = self.eval(&inv).await?;
         if layout != LAYOUT {
             return Err(Error::invalid(
@@ -473,20 +476,15 @@ impl RedisStore {
     }
 
     /// A script call on partition `p` with the common arguments set.
-    fn invocation(&self, script: &'static Script, p: usize) -> ScriptInvocation<'static> {
-        let mut inv = script.prepare_invoke();
-        inv.key(format!("{}:due", self.base(p)))
-            .arg(self.base(p))
-            .arg(self.shared.retention);
+    fn invocation(&self, script: &'static Script, p: usize) -> Call {
+        let mut inv = Call::new(script, &format!("{}:due", self.base(p)));
+        inv.arg(self.base(p)).arg(self.shared.retention);
         inv
     }
 
-    async fn eval<T: redis::FromRedisValue>(
-        &self,
-        inv: &ScriptInvocation<'static>,
-    ) -> Result<T, Error> {
+    async fn eval<T: redis::FromRedisValue>(&self, inv: &Call) -> Result<T, Error> {
         let mut conn = self.shared.conn.clone();
-        inv.invoke_async(&mut conn).await.map_err(redis_error)
+        inv.invoke(&mut conn).await.map_err(redis_error)
     }
 
     fn remember(&self, id: ExecutionId, partition: usize, member: String) {
@@ -655,17 +653,15 @@ impl RedisStore {
         resend: bool,
     ) -> Result<Vec<Value>, Error> {
         let mut inv = self.invocation(&CLAIM_SCRIPT, p);
-        inv.arg(if resend { "1" } else { "0" }).arg(idx.len());
-        for &i in idx {
-            let claim = &claims[i];
-            let known = self.defs().get(&claim.task_id).map(|t| t.version);
-            encode_claim(
-                &mut inv,
-                self.base(self.partition(claim.task_id)),
-                known,
-                claim,
-                &encodings[i],
-            );
+        let groups = partition_runs(idx, |&i| self.partition(claims[i].task_id));
+        inv.arg(if resend { "1" } else { "0" }).arg(groups.len());
+        for (partition, run) in groups {
+            inv.arg(self.base(partition)).arg(run.len());
+            for &i in run {
+                let claim = &claims[i];
+                let known = self.defs().get(&claim.task_id).map(|t| t.version);
+                encode_claim(&mut inv, known, claim, &encodings[i]);
+            }
         }
         let reply = array(self.eval::<Value>(&inv).await?)?;
         if reply.len() != idx.len() {
@@ -894,9 +890,13 @@ impl RedisStore {
             let this = &self;
             join_all(batches.into_iter().map(|(p, jobs)| async move {
                 let mut inv = this.invocation(&FINISH_SCRIPT, p);
-                inv.arg(jobs.len());
-                for job in &jobs {
-                    job.item.encode(&mut inv, this.base(job.partition));
+                let groups = partition_runs(&jobs, |job| job.partition);
+                inv.arg(groups.len());
+                for (partition, run) in groups {
+                    inv.arg(this.base(partition)).arg(run.len());
+                    for job in run {
+                        job.item.encode(&mut inv);
+                    }
                 }
                 let replies = this
                     .eval::<Value>(&inv)
@@ -1389,6 +1389,12 @@ impl Store for RedisStore {
     }
 
     async fn finish(&self, f: Finish) -> Result<FinishOutcome, Error> {
+        if f.status == ExecutionStatus::Running {
+            return Err(Error::invalid(
+                "status",
+                "a finished execution cannot be running",
+            ));
+        }
         let id = f.id;
         let mut parts = self.partitions_of(id);
         let answers: Vec<(usize, Vec<Value>)> = if let [(p, ref mut member)] = parts[..] {
@@ -1399,8 +1405,8 @@ impl Store for RedisStore {
             let item = &FinishItem::new(f, None);
             try_join_all(parts.into_iter().map(|(p, _)| async move {
                 let mut inv = self.invocation(&FINISH_SCRIPT, p);
-                inv.arg(1);
-                item.encode(&mut inv, self.base(p));
+                inv.arg(1).arg(self.base(p)).arg(1);
+                item.encode(&mut inv);
                 let reply = array(self.eval::<Value>(&inv).await?)?;
                 let first = reply
                     .into_iter()
@@ -1426,12 +1432,6 @@ impl Store for RedisStore {
                         _ => return Err(corrupt("bad finish reply")),
                     };
                     return Ok(FinishOutcome { started });
-                }
-                Some(b"I") => {
-                    return Err(Error::invalid(
-                        "status",
-                        "a finished execution cannot be running",
-                    ));
                 }
                 Some(b"C") => {
                     taken |= reply.get(1).map(bytes).transpose()?.flatten().as_deref()
@@ -1504,11 +1504,8 @@ impl Store for RedisStore {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<String>, Error> {
-        let mut inv = HEARTBEAT_SCRIPT.prepare_invoke();
-        inv.key(self.members_key())
-            .arg(node)
-            .arg(micros(now))
-            .arg(micros(until));
+        let mut inv = Call::new(&HEARTBEAT_SCRIPT, &self.members_key());
+        inv.arg(node).arg(micros(now)).arg(micros(until));
         let mut live: Vec<String> = self.retrying(|| self.eval(&inv)).await?;
         live.sort_unstable();
         Ok(live)
@@ -1539,25 +1536,36 @@ impl Store for RedisStore {
 }
 
 /// Appends one claim to a claim script call (layout in `scripts::CLAIM`).
-fn encode_claim(
-    inv: &mut ScriptInvocation<'static>,
-    base: &str,
-    known_version: Option<u64>,
-    c: &Claim,
-    encoding: &str,
-) {
-    inv.arg(base).arg(c.task_id.to_string());
+fn encode_claim(inv: &mut Call, known_version: Option<u64>, c: &Claim, encoding: &str) {
+    inv.arg(
+        c.task_id
+            .as_uuid()
+            .hyphenated()
+            .encode_lower(&mut uuid_buf()) as &str,
+    );
     match &c.kind {
         ClaimKind::Scheduled {
             expected_next_run,
             expected_version,
             new_next_run,
         } => {
-            inv.arg("S")
-                .arg(micros(*expected_next_run))
-                .arg(expected_version)
-                .arg(new_next_run.map(micros).unwrap_or_default())
-                .arg(known_version.map(|v| v.to_string()).unwrap_or_default());
+            inv.arg(if known_version == Some(*expected_version) {
+                "S"
+            } else {
+                "T"
+            })
+            .arg(expected_next_run.timestamp_micros())
+            .arg(expected_version);
+            match new_next_run {
+                Some(t) => inv.arg(t.timestamp_micros()),
+                None => inv.arg(""),
+            };
+            if known_version != Some(*expected_version) {
+                match known_version {
+                    Some(v) => inv.arg(v),
+                    None => inv.arg(""),
+                };
+            }
         }
         ClaimKind::Retry { failed } => {
             inv.arg("R").arg(failed.to_string());
@@ -1567,29 +1575,54 @@ fn encode_claim(
             inv.arg("M");
         }
     }
-    inv.arg(c.missed.len());
+    inv.arg(c.missed.len() * 2 + usize::from(c.execution.is_some()));
     if !c.missed.is_empty() {
-        inv.arg(micros(c.now)).arg(&c.node);
+        inv.arg(c.now.timestamp_micros()).arg(&c.node);
         for at in &c.missed {
-            inv.arg(ExecutionId::new().to_string()).arg(micros(*at));
+            inv.arg(ExecutionId::new().to_string())
+                .arg(at.timestamp_micros());
         }
     }
-    match &c.execution {
-        Some(e) => {
-            inv.arg("1")
-                .arg(e.id.to_string())
-                .arg(micros(e.scheduled_for))
-                .arg(format!("{:010}", e.attempt))
-                .arg(micros(e.started_at))
-                .arg(name_of(&e.status))
-                .arg(e.fence)
-                .arg(e.lease_until.map(micros).unwrap_or_default())
-                .arg(encoding);
-        }
-        None => {
-            inv.arg("0");
-        }
+    if let Some(e) = &c.execution {
+        inv.arg(e.id.as_uuid().hyphenated().encode_lower(&mut uuid_buf()) as &str)
+            .arg(e.scheduled_for.timestamp_micros())
+            .arg(attempt_text(e.attempt).as_slice())
+            .arg(e.started_at.timestamp_micros())
+            .arg(e.fence)
+            .arg(e.lease_until.map(micros).unwrap_or_default())
+            .arg(encoding);
     }
+}
+
+/// A buffer for an id's text, written without allocating.
+fn uuid_buf() -> [u8; uuid::fmt::Hyphenated::LENGTH] {
+    [0; uuid::fmt::Hyphenated::LENGTH]
+}
+
+/// An attempt number as the scripts keep it: ten digits.
+fn attempt_text(attempt: u32) -> [u8; 10] {
+    let mut out = [b'0'; 10];
+    let mut n = attempt;
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out
+}
+
+/// `items` (ordered by partition) as runs of one partition each, with
+/// that partition: a script call switches key bases once per run.
+fn partition_runs<T>(items: &[T], partition: impl Fn(&T) -> usize) -> Vec<(usize, &[T])> {
+    let mut runs = Vec::new();
+    let mut rest = items;
+    while let Some(first) = rest.first() {
+        let p = partition(first);
+        let len = rest.iter().take_while(|item| partition(item) == p).count();
+        let (run, tail) = rest.split_at(len);
+        runs.push((p, run));
+        rest = tail;
+    }
+    runs
 }
 
 #[cfg(test)]
