@@ -69,9 +69,7 @@
 //!   list and scans the partition's leases. The durations are not stored:
 //!   they follow from the start and finish times.
 //! - Retention: the list is trimmed to the retention once it is an eighth
-//!   longer, and only its last `retention` records are read (records are
-//!   appended at the tail, which costs the server less than pushing at the
-//!   head of a long list). A history is
+//!   longer, and only its first `retention` records are read. A history is
 //!   the `retention` latest executions to end, plus those running and those
 //!   awaiting a retry, sorted on read by `(scheduled_for, attempt)`, newest
 //!   first. (The memory and PostgreSQL stores drop the oldest by
