@@ -735,3 +735,45 @@ async fn a_claim_failing_mid_batch_leaves_the_others_whole() {
     assert_eq!(h.len(), 1);
     assert_eq!(h[0].status, ExecutionStatus::Running);
 }
+
+/// A due page whose tasks all moved between the index read and the task
+/// read (claimed in between: here, their `nr` moved past the window while
+/// their index entries stayed) is followed by the next page, so a short
+/// page still means the slice is exhausted.
+#[tokio::test]
+async fn a_due_page_of_moved_tasks_is_followed_by_the_next() {
+    let Some(url) = single_url() else {
+        return;
+    };
+    let prefix = unique_prefix("due");
+    let Some(store) = single_store(&prefix, 5).await else {
+        return;
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        tasks.push(every_minute(&store, "due", Policy::default()).await);
+    }
+    let at = tasks[0].next_run.unwrap();
+    assert!(tasks.iter().all(|t| t.next_run == Some(at)), "one minute");
+    tasks.sort_by_key(|t| t.id);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let later = (at + Duration::hours(1)).timestamp_micros();
+    for t in &tasks[..3] {
+        let partition = t.id.as_uuid().as_u64_pair().1 % 16;
+        redis::cmd("HSET")
+            .arg(format!("{{{prefix}:p{partition}}}:t:{}", t.id))
+            .arg("nr")
+            .arg(later)
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap();
+    }
+    let page = store
+        .due_tasks(None, at + Duration::seconds(30), 3)
+        .await
+        .unwrap();
+    let got: Vec<_> = page.iter().map(|t| t.id).collect();
+    let want: Vec<_> = tasks[3..].iter().map(|t| t.id).collect();
+    assert_eq!(got, want, "the three that did not move, in due order");
+}
