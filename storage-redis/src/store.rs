@@ -45,11 +45,6 @@ const CLAIM_RETRY_FOR: Duration = Duration::from_secs(5);
 /// How many times an update re-reads a task that changed under it.
 const UPDATE_ATTEMPTS: usize = 100;
 
-/// Most index pages one due-task read goes through when the tasks it
-/// finds keep having moved (claimed between the index read and the task
-/// read); then it returns what it has.
-const DUE_READS_MAX: usize = 8;
-
 /// Counts and offsets handed to scripts stay well inside the integers a
 /// Lua number formats without an exponent.
 const SCRIPT_COUNT_MAX: usize = 1_000_000_000;
@@ -1026,64 +1021,41 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let horizon_us = horizon.timestamp_micros();
-        let after_key = after.map(|(t, id)| (t.timestamp_micros(), id.to_string()));
-        // The index is read in pages, and each page's tasks afterwards: a
-        // task claimed or changed in between is returned as it is now if
-        // it still belongs in `(after, horizon]`, and not past the page's
-        // last index entry (beyond it, it is met again at its new entry;
-        // returned, it would make the caller's next page skip the entries
-        // in between). A page of tasks that moved is followed by the next
-        // one, so that fewer than `limit` means the slice is exhausted.
-        let mut out: Vec<Task> = Vec::with_capacity(limit.min(MAX_PAGE * 4));
-        let mut cursor = after_key.clone();
-        for _ in 0..DUE_READS_MAX {
-            let want = limit - out.len();
-            let keys = self
-                .merge_partitions(cursor.clone(), want, |p, after, n| async move {
-                    let mut inv = self.invocation(&DUE_SCRIPT, p);
-                    match &after {
-                        Some((t, id)) => inv.arg(*t).arg(id),
-                        None => inv.arg("").arg(""),
-                    };
-                    inv.arg(horizon_us).arg(clamp(n));
-                    let flat = strings(&array(self.eval::<Value>(&inv).await?)?)?;
-                    flat.chunks(2)
-                        .map(|pair| match pair {
-                            [id, score] => {
-                                Ok((parse_micros(score)?.timestamp_micros(), id_text(id)?))
-                            }
-                            _ => Err(corrupt("odd due page")),
-                        })
-                        .collect::<Result<Vec<_>, Error>>()
-                })
-                .await?;
-            let exhausted = keys.len() < want;
-            let bound = if exhausted {
-                None
-            } else {
-                keys.last().cloned()
-            };
-            let ids: Vec<TaskId> = keys
-                .iter()
-                .map(|(_, id)| parse_task_id(id))
-                .collect::<Result<_, _>>()?;
-            let mut tasks = self.read_tasks(&ids).await?;
-            out.extend(ids.iter().filter_map(|id| tasks.remove(id)).filter(|t| {
+        let start = after.map(|(t, id)| (t.timestamp_micros(), id.to_string()));
+        let keys = self
+            .merge_partitions(start, limit, |p, after, n| async move {
+                let mut inv = self.invocation(&DUE_SCRIPT, p);
+                match &after {
+                    Some((t, id)) => inv.arg(t.to_string()).arg(id),
+                    None => inv.arg("").arg(""),
+                };
+                inv.arg(horizon_us.to_string()).arg(clamp(n));
+                let flat = strings(&array(self.eval::<Value>(&inv).await?)?)?;
+                flat.chunks(2)
+                    .map(|pair| match pair {
+                        [id, score] => Ok((parse_micros(score)?.timestamp_micros(), id_text(id)?)),
+                        _ => Err(corrupt("odd due page")),
+                    })
+                    .collect::<Result<Vec<_>, Error>>()
+            })
+            .await?;
+        let ids: Vec<TaskId> = keys
+            .iter()
+            .map(|(_, id)| parse_task_id(id))
+            .collect::<Result<_, _>>()?;
+        let mut tasks = self.read_tasks(&ids).await?;
+        // A task claimed or changed since its index entry was read is
+        // returned as it is now, if it still belongs in the window.
+        Ok(ids
+            .iter()
+            .filter_map(|id| tasks.remove(id))
+            .filter(|t| {
                 t.enabled
                     && t.next_run.is_some_and(|next| {
-                        let key = (next.timestamp_micros(), t.id.to_string());
-                        next <= horizon
-                            && after_key.as_ref().is_none_or(|a| key > *a)
-                            && bound.as_ref().is_none_or(|b| key <= *b)
+                        next <= horizon && after.is_none_or(|a| (next, t.id) > a)
                     })
-            }));
-            if exhausted || out.len() >= limit {
-                break;
-            }
-            cursor = bound;
-        }
-        out.sort_by_key(|t| (t.next_run, t.id));
-        Ok(out)
+            })
+            .collect())
     }
 
     async fn due_retries_once(
