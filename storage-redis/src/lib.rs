@@ -100,7 +100,14 @@
 //!   result is stored, the engine logs the run as taken over.
 //! - Listing a tenant's tasks and the due scan read every partition and
 //!   merge in order (reading each in small chunks), so pages are in global
-//!   `id` / `(next_run, id)` order.
+//!   `id` / `(next_run, id)` order. The due scan reads the index, then the
+//!   tasks: a task claimed in between is returned as it is now if it still
+//!   belongs in the slice, and left out if not, so a page can hold fewer
+//!   tasks than asked while more remain (the engine then ends that part of
+//!   its scan early; what is left is read by its next scan). Reading on
+//!   until the page is full was tried and reverted: in the part of a scan
+//!   where tasks are being claimed, it chased them within one call and held
+//!   the engine up (p99 3–42 ms against 1.4–1.9 ms at 30,000 fires/s).
 //! - Renew and finish find an execution's partition and lease member from a
 //!   map of the executions this store started; one started through another
 //!   store instance is looked for in every partition. Results are sent in
