@@ -104,7 +104,7 @@
 //!   tasks: a task claimed in between is returned as it is now if it still
 //!   belongs in the slice, and left out if not, so a page can hold fewer
 //!   tasks than asked while more remain (the engine then ends that part of
-//!   its scan early; what is left is read by its next scan). Reading on
+//!   its scan early; what is left is read by its next full scan). Reading on
 //!   until the page is full was tried and reverted: in the part of a scan
 //!   where tasks are being claimed, it chased them within one call and held
 //!   the engine up (p99 3–42 ms against 1.4–1.9 ms at 30,000 fires/s).

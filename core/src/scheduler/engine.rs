@@ -82,8 +82,8 @@ enum ScanKind {
 /// passed, reading every such task ten times over (a look-ahead's worth),
 /// and it ended with the next refill's start as far behind as it began,
 /// so the next refill chased as well (at 30,000 fires/s on Redis, three
-/// nodes read 540,000 tasks every 20 s that way, twice the claims' own
-/// reads). So refills and the periodic full scans read first what is due
+/// nodes read 540,000 tasks every 20 s that way, about as many as the
+/// claims' own reads). So refills and full scans but the first read what is due
 /// within a second of their start, bottom to top (the urgent part; what
 /// is claimed there moves above it and is read once more), then the rest
 /// in chunks from the top down, so what is claimed during the scan moves
@@ -93,9 +93,14 @@ enum ScanKind {
 /// claimed by a peer, unknown here, may so move past the scan unread; the
 /// next full scan reads it, and its owner runs it meanwhile.)
 ///
-/// The full scan at start, on a resync and on a new subscription reads
-/// bottom to top in one chunk: what is not tracked yet is read in the
-/// order it falls due, at the price of one chase.
+/// The first full scan (nothing tracked yet) reads bottom to top in one
+/// chunk: what is not tracked is read in the order it falls due, at the
+/// price of one chase. A later one (periodic, or on a resync, a new
+/// subscription or a failed re-read) is chunked.
+///
+/// A page with fewer tasks than asked ends its chunk; a store that leaves
+/// out tasks changed between its reads (Redis) can so end a chunk early,
+/// and the rest of it is read by the next full scan.
 #[derive(Debug, Clone, Copy)]
 struct Scan {
     /// The page cursor in the current chunk.
@@ -122,6 +127,8 @@ struct Scan {
 /// the shortest period a task can have, so a task claimed during the scan
 /// leaves the chunk it was in.
 const SCAN_CHUNK: TimeDelta = TimeDelta::seconds(1);
+/// The least time between the end of a scan and the next refill.
+const REFILL_GAP: TimeDelta = TimeDelta::milliseconds(500);
 /// Most top-down chunks in one scan (a long look-ahead gets wider ones).
 const SCAN_CHUNKS_MAX: i32 = 16;
 
@@ -152,7 +159,13 @@ impl Scan {
             from,
             top,
             split,
-            width: ((top - split) / SCAN_CHUNKS_MAX).max(SCAN_CHUNK),
+            // Rounded up to the millisecond, so there are never more
+            // than `SCAN_CHUNKS_MAX` chunks.
+            width: TimeDelta::milliseconds(
+                ((top - split).num_milliseconds() + i64::from(SCAN_CHUNKS_MAX) - 1)
+                    / i64::from(SCAN_CHUNKS_MAX),
+            )
+            .max(SCAN_CHUNK),
             urgent: true,
             started: now,
             kind,
@@ -472,14 +485,14 @@ impl Engine {
         }
         let horizon = now + self.look_ahead();
         if self.full_scan_pending || now >= self.next_full_scan {
-            // The first scan (and one after a resync) reads what falls
-            // due first, first; the periodic one, of tasks tracked
-            // already, in chunks (see `Scan`).
-            let (page, chunked) = if self.full_scan_pending {
-                (SCAN_PAGE, false)
+            // The first scan reads what falls due first, first; later
+            // ones, of tasks tracked already, in chunks (see `Scan`).
+            let page = if self.full_scan_pending {
+                SCAN_PAGE
             } else {
-                (SAFETY_PAGE, true)
+                SAFETY_PAGE
             };
+            let chunked = !self.tracked.is_empty();
             self.scan = Some(Scan::new(None, horizon, now, ScanKind::Full, page, chunked));
         } else if now >= self.next_refill {
             self.scan = Some(Scan::new(
@@ -594,8 +607,10 @@ impl Engine {
         self.watermark = after_all_at(top);
         // The window has moved on since the scan started, not since it
         // ended: a scan that took long (a large first read, a clock that
-        // jumped) is followed by a refill sooner.
-        self.next_refill = started + (self.look_ahead() / 2).max(TimeDelta::milliseconds(500));
+        // jumped) is followed by a refill sooner, but not at once, so the
+        // overdue scan (which waits for no refill to be due) still runs.
+        self.next_refill = (started + (self.look_ahead() / 2).max(TimeDelta::milliseconds(500)))
+            .max(now + REFILL_GAP);
         if kind == ScanKind::Full {
             self.full_scan_pending = false;
             // Spread over 75–125% of the period, differently per node and
