@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::future::{join_all, try_join_all};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
+use redis::{Script, ScriptInvocation, Value};
 use tickwheel::model::{MAX_ERROR_BYTES, MAX_OUTPUT_BYTES, truncate};
 use tickwheel::store::{
     Change, ChangeFeed, Claim, ClaimKind, ClaimOutcome, DEFAULT_RETENTION, ExecutionPage,
@@ -28,7 +28,7 @@ use crate::codec::{
 use crate::conn::Conn;
 use crate::feed::{self, Message};
 use crate::scripts::{
-    CLAIM_SCRIPT, CONF_SCRIPT, CREATE_SCRIPT, Call, DELETE_SCRIPT, DUE_SCRIPT, FINISH_SCRIPT,
+    CLAIM_SCRIPT, CONF_SCRIPT, CREATE_SCRIPT, DELETE_SCRIPT, DUE_SCRIPT, FINISH_SCRIPT,
     HEARTBEAT_SCRIPT, HISTORY_SCRIPT, LAYOUT, RECOVER_SCRIPT, RENEW_SCRIPT, UPDATE_SCRIPT,
 };
 
@@ -321,7 +321,7 @@ impl FinishItem {
     }
 
     /// Appends the item to a finish script call.
-    fn encode(&self, inv: &mut Call) {
+    fn encode(&self, inv: &mut ScriptInvocation<'static>) {
         inv.arg(&self.member)
             .arg(&self.task)
             .arg(&self.record)
@@ -421,8 +421,8 @@ impl RedisStore {
     /// one recorded.
     async fn check_partitions(&self, partitions: u16) -> Result<(), Error> {
         let key = format!("{{{}}}:conf", self.shared.prefix);
-        let mut inv = Call::new(&CONF_SCRIPT, &key);
-        inv.arg(partitions).arg(LAYOUT);
+        let mut inv = CONF_SCRIPT.prepare_invoke();
+        inv.key(&key).arg(partitions).arg(LAYOUT);
         let (recorded, layout): (String, String) = self.eval(&inv).await?;
         if layout != LAYOUT {
             return Err(Error::invalid(
@@ -476,15 +476,20 @@ impl RedisStore {
     }
 
     /// A script call on partition `p` with the common arguments set.
-    fn invocation(&self, script: &'static Script, p: usize) -> Call {
-        let mut inv = Call::new(script, &format!("{}:due", self.base(p)));
-        inv.arg(self.base(p)).arg(self.shared.retention);
+    fn invocation(&self, script: &'static Script, p: usize) -> ScriptInvocation<'static> {
+        let mut inv = script.prepare_invoke();
+        inv.key(format!("{}:due", self.base(p)))
+            .arg(self.base(p))
+            .arg(self.shared.retention);
         inv
     }
 
-    async fn eval<T: redis::FromRedisValue>(&self, inv: &Call) -> Result<T, Error> {
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        inv: &ScriptInvocation<'static>,
+    ) -> Result<T, Error> {
         let mut conn = self.shared.conn.clone();
-        inv.invoke(&mut conn).await.map_err(redis_error)
+        inv.invoke_async(&mut conn).await.map_err(redis_error)
     }
 
     fn remember(&self, id: ExecutionId, partition: usize, member: String) {
@@ -1504,8 +1509,11 @@ impl Store for RedisStore {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<String>, Error> {
-        let mut inv = Call::new(&HEARTBEAT_SCRIPT, &self.members_key());
-        inv.arg(node).arg(micros(now)).arg(micros(until));
+        let mut inv = HEARTBEAT_SCRIPT.prepare_invoke();
+        inv.key(self.members_key())
+            .arg(node)
+            .arg(micros(now))
+            .arg(micros(until));
         let mut live: Vec<String> = self.retrying(|| self.eval(&inv)).await?;
         live.sort_unstable();
         Ok(live)
@@ -1536,13 +1544,13 @@ impl Store for RedisStore {
 }
 
 /// Appends one claim to a claim script call (layout in `scripts::CLAIM`).
-fn encode_claim(inv: &mut Call, known_version: Option<u64>, c: &Claim, encoding: &str) {
-    inv.arg(
-        c.task_id
-            .as_uuid()
-            .hyphenated()
-            .encode_lower(&mut uuid_buf()) as &str,
-    );
+fn encode_claim(
+    inv: &mut ScriptInvocation<'static>,
+    known_version: Option<u64>,
+    c: &Claim,
+    encoding: &str,
+) {
+    inv.arg(c.task_id.to_string());
     match &c.kind {
         ClaimKind::Scheduled {
             expected_next_run,
@@ -1584,30 +1592,14 @@ fn encode_claim(inv: &mut Call, known_version: Option<u64>, c: &Claim, encoding:
         }
     }
     if let Some(e) = &c.execution {
-        inv.arg(e.id.as_uuid().hyphenated().encode_lower(&mut uuid_buf()) as &str)
+        inv.arg(e.id.to_string())
             .arg(e.scheduled_for.timestamp_micros())
-            .arg(attempt_text(e.attempt).as_slice())
+            .arg(format!("{:010}", e.attempt))
             .arg(e.started_at.timestamp_micros())
             .arg(e.fence)
             .arg(e.lease_until.map(micros).unwrap_or_default())
             .arg(encoding);
     }
-}
-
-/// A buffer for an id's text, written without allocating.
-fn uuid_buf() -> [u8; uuid::fmt::Hyphenated::LENGTH] {
-    [0; uuid::fmt::Hyphenated::LENGTH]
-}
-
-/// An attempt number as the scripts keep it: ten digits.
-fn attempt_text(attempt: u32) -> [u8; 10] {
-    let mut out = [b'0'; 10];
-    let mut n = attempt;
-    for d in out.iter_mut().rev() {
-        *d = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    out
 }
 
 /// `items` (ordered by partition) as runs of one partition each, with
